@@ -1,0 +1,3 @@
+from culler.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""The policy file: models, loading with precise errors, shadowing checks, flags-to-policy (pure, no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+
+from culler.durations import parse_duration
+
+PLUGIN_GROUP = "jupyterhub_activity_culler.policies"
+DEFAULT_RULE_ID = "default"
+
+
+def _seconds(value: object) -> float:
+    seconds = parse_duration(value)
+    return math.inf if seconds is None else seconds
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*(never|\d+|(\d+[smhdwSMHDW])+)\s*$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "90s, 30m, 36h, 7d, 2w, 1d12h, plain seconds, or never",
+        }
+    ),
+]
+
+
+def _as_list(value: object) -> object:
+    return [value] if isinstance(value, (str, bool, int, float)) else value
+
+
+Names = Annotated[list[str], BeforeValidator(_as_list)]
+OptionValue = Annotated[list[str | int | float | bool], BeforeValidator(_as_list)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Model):
+    """All given keys must match (AND); within a list any item may match (OR)."""
+
+    users: Names | None = Field(None, description="user names or glob patterns")
+    groups: Names | None = Field(None, description="group names or glob patterns")
+    admin: bool | None = None
+    servers: Names | None = Field(None, description='server-name globs; "" is the default server')
+    user_options: dict[str, OptionValue] | None = Field(
+        None, description='spawn options: value, list of values or glob; "*" matches any present value'
+    )
+
+
+class Defaults(_Model):
+    idle: Duration = Field(7 * 86400, description="stop after this long without browser activity")
+    max_age: Duration = Field(math.inf, description="stop servers running longer than this, active or not")
+    remove_named_servers: bool = Field(False, description="delete named servers from the hub when stopping them")
+
+
+class Rule(_Model):
+    id: str = Field("", description="a stable name, used in logs, metrics and explain")
+    description: str | None = None
+    match: Match | None = Field(None, description="no match means every server")
+    exempt: bool = Field(False, description="never stopped by anything, max age included")
+    idle: Duration | None = None
+    max_age: Duration | None = None
+    remove_named_servers: bool | None = None
+    plugin: str | None = Field(None, description=f"a policy plugin registered in the entry-point group {PLUGIN_GROUP}")
+    args: dict[str, Any] = Field(default_factory=dict, description="passed to the plugin")
+
+    @model_validator(mode="after")
+    def _plugin_args(self) -> Rule:
+        if self.args and not self.plugin:
+            raise ValueError("'args' is only meaningful with 'plugin'")
+        return self
+
+
+class UsersPolicy(_Model):
+    delete_inactive_after: Duration = Field(description="delete users with no activity and no servers for this long")
+    include_admins: bool = False
+
+
+class Policy(_Model):
+    version: Literal[1] = Field(description="format version")
+    defaults: Defaults = Field(default_factory=Defaults)
+    rules: list[Rule] = Field(default_factory=list, description="the first matching rule decides")
+    users: UsersPolicy | None = Field(None, description="optional: delete inactive users")
+
+    @model_validator(mode="after")
+    def _rule_ids(self) -> Policy:
+        seen: set[str] = set()
+        rules = []
+        for index, rule in enumerate(self.rules):
+            rule_id = rule.id or f"rule-{index + 1}"
+            if rule_id in seen or rule_id == DEFAULT_RULE_ID:
+                raise ValueError(f"rules[{index}]: id {rule_id!r} is used twice (or is the reserved 'default')")
+            seen.add(rule_id)
+            rules.append(rule if rule.id else rule.model_copy(update={"id": rule_id}))
+        object.__setattr__(self, "rules", rules)
+        return self
+
+    def uses_groups(self) -> bool:
+        return any(rule.match is not None and rule.match.groups is not None for rule in self.rules)
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; ``errors`` holds one line per problem."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+def policy_hash(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def parse_policy(text: str, source: str, plugins: Iterable[str] | None = None) -> Policy:
+    """Validate policy YAML; every error names the source, the rule (index and id) and the field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PolicyError(source, [f"{source}: not valid YAML: {_one_line(str(error))}"]) from error
+    if not isinstance(raw, dict):
+        raise PolicyError(source, [f"{source}: expected a mapping with 'version: 1' at the top"])
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as error:
+        raise PolicyError(source, [_describe(source, raw, item) for item in error.errors()]) from error
+    unknown = _unknown_plugins(policy, plugins)
+    if unknown:
+        raise PolicyError(source, [f"{source}: {line}" for line in unknown])
+    return policy
+
+
+def load_policy(path: Path, plugins: Iterable[str] | None = None) -> Policy:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise PolicyError(str(path), [f"{path}: cannot read: {error.strerror or error}"]) from error
+    return parse_policy(text, str(path), plugins)
+
+
+def _unknown_plugins(policy: Policy, plugins: Iterable[str] | None) -> list[str]:
+    if plugins is None:
+        return []
+    known = set(plugins)
+    return [
+        f"rules[{index}] (id {rule.id!r}): plugin: {rule.plugin!r} is not installed (known: {sorted(known) or 'none'})"
+        for index, rule in enumerate(policy.rules)
+        if rule.plugin and rule.plugin not in known
+    ]
+
+
+def _describe(source: str, raw: dict[str, Any], item: Any) -> str:
+    loc = list(item["loc"])
+    where = ""
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        index = loc[1]
+        rules = raw.get("rules")
+        rule = rules[index] if isinstance(rules, list) and index < len(rules) else None
+        rule_id = rule.get("id") if isinstance(rule, dict) else None
+        where = f"rules[{index}]" + (f" (id {rule_id!r})" if rule_id else "") + ": "
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(rule)"
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "literal_error" and field == "version":
+        message = f"unsupported version {item.get('input')!r}; this service reads version 1"
+    return f"{source}: {where}{field}: {message}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def shadowed_rules(policy: Policy) -> list[str]:
+    """Warnings for rules that can never match because an earlier rule catches everything they would."""
+    warnings = []
+    for later_index, later in enumerate(policy.rules):
+        for earlier in policy.rules[:later_index]:
+            if earlier.plugin is None and _covers(earlier.match, later.match):
+                warnings.append(
+                    f"rules[{later_index}] (id {later.id!r}) can never match: rule {earlier.id!r} comes first "
+                    "and matches every server it would"
+                )
+                break
+    return warnings
+
+
+def _covers(wide: Match | None, narrow: Match | None) -> bool:
+    if wide is None:
+        return True
+    narrow = narrow or Match()
+    for key in ("users", "groups", "servers"):
+        if not _list_covers(getattr(wide, key), getattr(narrow, key)):
+            return False
+    if wide.admin is not None and wide.admin != narrow.admin:
+        return False
+    for option, patterns in (wide.user_options or {}).items():
+        values = (narrow.user_options or {}).get(option)
+        if values is None or not _list_covers(patterns, values):
+            return False
+    return True
+
+
+def _list_covers(wide: list[Any] | None, narrow: list[Any] | None) -> bool:
+    if wide is None:
+        return True
+    if narrow is None:
+        return False
+    return all(any(_pattern_covers(str(w), str(n)) for w in wide) for n in narrow)
+
+
+def _pattern_covers(pattern: str, value: str) -> bool:
+    if pattern == "*":
+        return True
+    if any(ch in value for ch in "*?["):
+        return pattern == value
+    return fnmatchcase(value, pattern)
+
+
+def policy_from_flags(
+    *,
+    timeout: float,
+    max_age: float,
+    cull_default_servers: bool,
+    cull_named_servers: bool,
+    remove_named_servers: bool,
+    cull_users: bool,
+    cull_admin_users: bool,
+) -> Policy:
+    """The policy that jupyterhub-idle-culler-style flags describe (0 max age means never)."""
+    rules: list[dict[str, Any]] = []
+    if not cull_default_servers:
+        rules.append({"id": "flag-no-default-servers", "match": {"servers": [""]}, "exempt": True})
+    if not cull_named_servers:
+        rules.append({"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, "exempt": True})
+    raw: dict[str, Any] = {
+        "version": 1,
+        "defaults": {"idle": timeout, "max_age": max_age or "never", "remove_named_servers": remove_named_servers},
+        "rules": rules,
+    }
+    if cull_users:
+        raw["users"] = {"delete_inactive_after": timeout, "include_admins": cull_admin_users}
+    return Policy.model_validate(raw)
+
+
+def policy_schema() -> dict[str, Any]:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "jupyterhub-activity-culler policy"
+    return schema
