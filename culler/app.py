@@ -1,0 +1,130 @@
+"""Wires the parts together: hub client, policy store, culler, scheduler, web endpoints, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from culler.cycle import Culler, CycleOptions, CycleReport
+from culler.health import Health
+from culler.hub import HubClient, internal_ssl_context
+from culler.logs import event
+from culler.policy_store import PolicyStore
+from culler.settings import Settings
+from culler.timeutil import utcnow
+from culler.web import make_app
+
+log = logging.getLogger("culler.app")
+
+
+def make_hub(settings: Settings) -> HubClient:
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    ssl_context = internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
+    return HubClient(
+        settings.url,
+        token,
+        concurrency=settings.concurrency,
+        request_timeout=settings.request_timeout,
+        page_size=settings.api_page_size,
+        ssl_context=ssl_context,
+    )
+
+
+def cycle_options(settings: Settings) -> CycleOptions:
+    return CycleOptions(
+        dry_run=settings.dry_run,
+        max_stops=settings.max_stops_per_cycle,
+        max_stop_fraction=settings.max_stop_fraction,
+        follow_up_timeout=settings.follow_up_timeout,
+    )
+
+
+class Service:
+    def __init__(self, settings: Settings, store: PolicyStore, culler: Culler) -> None:
+        self.settings = settings
+        self.store = store
+        self.culler = culler
+        self.health = Health(settings.interval)
+        self._cycle_task: asyncio.Task[None] | None = None
+
+    async def cycle(self) -> CycleReport | None:
+        """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
+        self._cycle_task = asyncio.current_task()
+        state = self.store.refresh()
+        if state.policy is None:
+            self.health.record(utcnow(), f"no valid policy: {state.error}")
+            return None
+        report = await self.culler.run(state.policy)
+        self.health.record(report.started, report.error)
+        return report
+
+    async def refresh_policy(self) -> None:
+        self.store.refresh()
+
+    def health_status(self) -> tuple[bool, dict[str, object]]:
+        state = self.store.state
+        ok, body = self.health.status(utcnow(), state.error, state.policy is not None)
+        return ok, {**body, "policy_hash": state.hash, "dry_run": self.settings.dry_run}
+
+    async def run_once(self) -> int:
+        report = await self.cycle()
+        return 0 if report is not None and report.ok else 1
+
+    async def serve(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        runner = await self._start_web()
+        scheduler = self._start_scheduler()
+        await stop.wait()
+        event(log, logging.INFO, "shutting down")
+        scheduler.shutdown(wait=False)
+        await self._finish_cycle()
+        await runner.cleanup()
+        await self.culler.hub.close()
+        event(log, logging.INFO, "stopped")
+        return 0
+
+    async def _start_web(self) -> web.AppRunner:
+        app = make_app(self.settings.service_prefix, self.health_status)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        bind = urlsplit(self.settings.bind_url)
+        await web.TCPSite(runner, bind.hostname or "127.0.0.1", bind.port or 10101).start()
+        event(log, logging.INFO, "listening", url=self.settings.bind_url, prefix=self.settings.service_prefix)
+        return runner
+
+    def _start_scheduler(self) -> AsyncIOScheduler:
+        interval = self.settings.interval
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self.cycle,
+            IntervalTrigger(seconds=interval, jitter=min(30.0, interval * 0.05)),
+            id="cycle",
+            next_run_time=utcnow(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(interval),
+        )
+        if self.store.path is not None:
+            scheduler.add_job(self.refresh_policy, IntervalTrigger(seconds=self.settings.policy_poll), id="policy")
+        scheduler.start()
+        return scheduler
+
+    async def _finish_cycle(self) -> None:
+        """Let a running cycle finish its in-flight stops (bounded); no new stop starts."""
+        self.culler.stopping.set()
+        task = self._cycle_task
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

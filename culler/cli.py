@@ -1,0 +1,277 @@
+"""Command line: serve (default, with jupyterhub-idle-culler's flat flags), ``policy check|schema``, ``explain``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from culler import __version__
+from culler.app import Service, cycle_options, make_hub
+from culler.cycle import Culler
+from culler.decide import Decision, evaluate
+from culler.explain import changes, changes_table, describe, explain_table
+from culler.hub import HubClient, HubError
+from culler.logs import setup_logging
+from culler.plugins import installed_plugins
+from culler.policy import Policy, PolicyError, load_policy, policy_from_flags, policy_schema, shadowed_rules
+from culler.policy_store import PolicyStore
+from culler.settings import DEFAULT_TIMEOUT, Settings
+from culler.snapshot import ServerSnapshot, SnapshotError, servers_of
+from culler.timeutil import utcnow
+
+PROG = "jupyterhub-activity-culler"
+USAGE_ERROR = 2
+
+_BOOL_FLAGS = (
+    "cull_users", "cull_admin_users", "cull_default_servers", "cull_named_servers", "remove_named_servers",
+    "ssl_enabled", "dry_run", "once",
+)
+_VALUE_FLAGS: dict[str, str] = {
+    "url": "hub API URL (default $JUPYTERHUB_API_URL)",
+    "policy": "policy file (env CULLER_POLICY)",
+    "cull_every": "seconds between cycles (default 300; 0 means the default)",
+    "concurrency": "hub API requests at once, across all users (default 10; 0 unlimited)",
+    "api_page_size": "users per listing page (default: the hub's)",
+    "timeout": "idle limit without --policy (default 7d; seconds or 90s/30m/36h/7d)",
+    "max_age": "maximum server age without --policy (default 0: never)",
+    "internal_certs_location": "internal SSL certificates directory",
+    "max_stops_per_cycle": "mass-stop guard: most stops per cycle (default 100; 0 none)",
+    "max_stop_fraction": "mass-stop guard: most stops per cycle as a share of ready servers (default 0.5)",
+    "follow_up_timeout": "seconds to follow a stop the hub answered 202 to (default 120)",
+    "policy_poll": "seconds between policy file checks (default 10)",
+    "log_format": "text or json",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "bind_url": "where the health endpoints listen (default $JUPYTERHUB_SERVICE_URL or http://127.0.0.1:10101)",
+    "service_prefix": "URL prefix (default $JUPYTERHUB_SERVICE_PREFIX or /)",
+}
+_POLICY_FIELD_HINT = {
+    "timeout": "defaults.idle",
+    "max_age": "defaults.max_age",
+    "cull_users": "users.delete_inactive_after",
+    "cull_admin_users": "users.include_admins",
+    "cull_default_servers": 'a rule with match: {servers: [""]} and exempt: true',
+    "cull_named_servers": 'a rule with match: {servers: ["?*"]} and exempt: true',
+    "remove_named_servers": "defaults.remove_named_servers",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_service_flags(parser: argparse.ArgumentParser) -> None:
+    for name, help_text in _VALUE_FLAGS.items():
+        parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
+    for name in _BOOL_FLAGS:
+        parser.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
+                            help="bare, or =true / =false")
+    for name in ("config", "generate_config"):
+        parser.add_argument(_flag(name), dest=name, nargs="?", const="", help=argparse.SUPPRESS)
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, argument_default=argparse.SUPPRESS,
+        description="Stop JupyterHub servers nobody has reached through the browser for too long. "
+        "Subcommands: 'policy check FILE', 'policy schema', 'explain [USER[/SERVER]]', 'demo'.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_service_flags(parser)
+    return parser
+
+
+def settings_from(values: dict[str, Any]) -> Settings:
+    """Settings from parsed flags (flags win over CULLER_* environment variables)."""
+    if "config" in values or "generate_config" in values:
+        raise UsageError(
+            "--config/--generate-config are jupyterhub-idle-culler's python config file; this service reads "
+            "its rules from a YAML policy file instead (--policy FILE; start from policies/default.yaml) "
+            "and its settings from flags or CULLER_* environment variables"
+        )
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        problems = [f"{_flag(str(e['loc'][0])) if e['loc'] else ''}: {e['msg']}" for e in error.errors()]
+        raise UsageError("invalid setting " + "; ".join(problems)) from error
+
+
+def policy_store(settings: Settings, plugins: list[str]) -> PolicyStore:
+    if settings.policy is not None:
+        given = settings.policy_flags_given()
+        if given:
+            hints = ", ".join(f"{_flag(g)} (use {_POLICY_FIELD_HINT[g]})" for g in given)
+            raise UsageError(f"with --policy, the policy file decides what is stopped; remove {hints}")
+        return PolicyStore(path=settings.policy, plugins=plugins)
+    return PolicyStore(fixed=flags_policy(settings))
+
+
+def flags_policy(settings: Settings) -> Policy:
+    def flag(name: str, default: bool) -> bool:
+        value = getattr(settings, name)
+        return default if value is None else bool(value)
+
+    return policy_from_flags(
+        timeout=settings.timeout or DEFAULT_TIMEOUT,
+        max_age=settings.max_age or 0,
+        cull_default_servers=flag("cull_default_servers", True),
+        cull_named_servers=flag("cull_named_servers", True),
+        remove_named_servers=flag("remove_named_servers", False),
+        cull_users=flag("cull_users", False),
+        cull_admin_users=flag("cull_admin_users", True),
+    )
+
+
+def serve(argv: Sequence[str]) -> int:
+    values = vars(_serve_parser().parse_args(argv))
+    settings = settings_from(values)
+    secrets = [settings.api_token.get_secret_value()] if settings.api_token else []
+    setup_logging(settings.log_format, settings.log_level, secrets)
+    log = logging.getLogger("culler")
+    plugins = installed_plugins()
+    store = policy_store(settings, sorted(plugins))
+    if not secrets:
+        raise UsageError("no hub API token: set JUPYTERHUB_API_TOKEN (the hub sets it for managed services)")
+    log.info("starting %s %s with %s", PROG, __version__, settings.summary())
+    service = Service(settings, store, Culler(make_hub(settings), cycle_options(settings), plugins))
+    if settings.once:
+        return asyncio.run(_once(service))
+    return asyncio.run(service.serve())
+
+
+async def _once(service: Service) -> int:
+    try:
+        return await service.run_once()
+    finally:
+        await service.culler.hub.close()
+
+
+# -- policy check / schema -----------------------------------------------------------------------
+
+
+def policy_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} policy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate policy files; non-zero exit on any error")
+    check.add_argument("files", nargs="+", type=Path)
+    schema = sub.add_parser("schema", help="print the policy file's JSON Schema")
+    schema.add_argument("--output", "-o", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        text = json.dumps(policy_schema(), indent=2) + "\n"
+        if args.output:
+            args.output.write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    return check_policies(args.files)
+
+
+def check_policies(files: Sequence[Path]) -> int:
+    plugins = sorted(installed_plugins())
+    failed = False
+    for path in files:
+        try:
+            policy = load_policy(path, plugins)
+        except PolicyError as error:
+            failed = True
+            for line in error.errors:
+                print(f"error: {line}", file=sys.stderr)
+            continue
+        for warning in shadowed_rules(policy):
+            print(f"warning: {path}: {warning}", file=sys.stderr)
+        print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {policy.defaults.idle:g}s")
+    return 1 if failed else 0
+
+
+# -- explain ---------------------------------------------------------------------------------------
+
+
+def explain_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} explain", argument_default=argparse.SUPPRESS,
+        description="Explain decisions for the servers on the live hub; stops nothing. With --policy FILE, "
+        "show which decisions FILE would change versus the policy in force (--in-force, $CULLER_POLICY, "
+        "or the flags).",
+    )
+    parser.add_argument("target", nargs="?", help="USER or USER/SERVER (default: every ready server)")
+    parser.add_argument("--in-force", type=Path, help="the policy in force (default $CULLER_POLICY)")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    add_service_flags(parser)
+    values = vars(parser.parse_args(argv))
+    target = values.pop("target", None)
+    as_json = values.pop("json", False)
+    in_force_path = values.pop("in_force", None) or os.environ.get("CULLER_POLICY")
+    candidate_path = values.pop("policy", None)
+    settings = settings_from(values)
+    plugins = installed_plugins()
+    in_force = load_policy(Path(in_force_path), sorted(plugins)) if in_force_path else flags_policy(settings)
+    candidate = load_policy(Path(candidate_path), sorted(plugins)) if candidate_path else None
+    servers = asyncio.run(_fetch(make_hub(settings), target))
+    now = utcnow()
+    current = [evaluate(in_force, s, now, plugins) for s in servers]
+    if candidate is None or (in_force_path and Path(in_force_path) == Path(candidate_path or "")):
+        _print_decisions(current, now, as_json)
+        return 0
+    proposed = [evaluate(candidate, s, now, plugins) for s in servers]
+    rows = changes(current, proposed, now)
+    print("\n".join(json.dumps(r) for r in rows) if as_json else changes_table(rows, len(servers)))
+    return 0
+
+
+def _print_decisions(decisions: list[Decision], now: Any, as_json: bool) -> None:
+    if as_json:
+        for decision in sorted(decisions, key=lambda d: d.server.key):
+            print(json.dumps(describe(decision, now)))
+    else:
+        print(explain_table(decisions, now))
+
+
+async def _fetch(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
+    async with hub:
+        if target is None:
+            users = await hub.list_users("ready")
+            return [s for model in users for s in servers_of(model)]
+        user, _, server = target.partition("/")
+        model = await hub.get_user(user)
+        if model is None:
+            raise UsageError(f"no user {user!r} on the hub")
+        servers = servers_of(model)
+        return [s for s in servers if s.name == server] if "/" in target else servers
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"policy": policy_command, "explain": explain_command, "demo": _demo}
+    handler = commands.get(args[0]) if args else None
+    try:
+        return handler(args[1:]) if handler else serve(args)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except (PolicyError, HubError, SnapshotError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _demo(argv: Sequence[str]) -> int:
+    from culler.demo import main as demo_main  # only the demo needs jupyterhub installed
+
+    return demo_main(argv)

@@ -1,0 +1,206 @@
+"""One cull cycle: list the hub, decide per server, guard, stop concurrently, report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
+from culler.durations import format_duration
+from culler.guard import GuardResult, apply_guard
+from culler.hub import HubClient, HubError, StopOutcome
+from culler.logs import event
+from culler.policy import Policy
+from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of
+from culler.timeutil import utcnow
+
+log = logging.getLogger("culler.cycle")
+
+
+class Result(StrEnum):
+    """What became of a server the policy said to stop."""
+
+    STOPPED = "stopped"
+    SLOW = "slow-stopping"  # the hub still reports it stopping after the follow-up deadline
+    GONE = "gone"
+    FAILED = "failed"
+    WOULD_STOP = "would-stop"  # dry run
+    HELD = "held"  # over the mass-stop cap: left for a later cycle
+    INTERRUPTED = "interrupted"  # shutdown began before the stop was sent
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    dry_run: bool = False
+    max_stops: int = 100
+    max_stop_fraction: float = 0.5
+    follow_up_timeout: float = 120.0
+    follow_up_interval: float = 2.0
+
+
+@dataclass
+class CycleReport:
+    started: datetime
+    decisions: list[Decision] = field(default_factory=list)
+    results: dict[str, Result] = field(default_factory=dict)
+    guard: GuardResult | None = None
+    users_deleted: list[str] = field(default_factory=list)
+    error: str | None = None
+    skipped_users: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.results.values())
+
+
+def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
+    """Servers of every well-formed user model, and one problem line per model that was not."""
+    servers: list[ServerSnapshot] = []
+    problems: list[str] = []
+    for model in users:
+        try:
+            servers.extend(servers_of(model))
+        except SnapshotError as error:
+            problems.append(str(error))
+    return servers, problems
+
+
+class Culler:
+    """Runs cycles against one hub. Holds only what must outlive a cycle: errors already logged."""
+
+    def __init__(
+        self,
+        hub: HubClient,
+        options: CycleOptions,
+        plugins: Mapping[str, PluginFn] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.hub = hub
+        self.options = options
+        self.plugins = dict(plugins or {})
+        self.clock = clock
+        self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
+        self._reported: set[tuple[str, str]] = set()
+
+    async def run(self, policy: Policy) -> CycleReport:
+        report = CycleReport(started=self.clock())
+        try:
+            users = await self.hub.list_users("ready")
+        except HubError as error:
+            report.error = f"listing users failed, no stops this cycle: {error}"
+            event(log, logging.ERROR, "cycle failed", error=report.error)
+            return report
+        servers, problems = snapshots(users)
+        report.skipped_users = len(problems)
+        for problem in problems:
+            event(log, logging.WARNING, "user skipped", error=problem, action="keeping its servers")
+        now = self.clock()
+        report.decisions = [evaluate(policy, server, now, self.plugins) for server in servers]
+        self._log_doubts(report.decisions)
+        await self._stop_due(report)
+        if policy.users is not None and not self.stopping.is_set():
+            await self._delete_users(policy, report)
+        self._summarise(report)
+        return report
+
+    def _log_doubts(self, decisions: list[Decision]) -> None:
+        current = {(d.server.key, d.error) for d in decisions if d.error}
+        for key, error in sorted(current - self._reported):
+            event(log, logging.WARNING, "keeping server", server=key, error=error)
+        self._reported = current
+
+    async def _stop_due(self, report: CycleReport) -> None:
+        due = [d for d in report.decisions if d.action is Action.STOP]
+        ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
+        report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction)
+        if report.guard.tripped:
+            event(log, logging.WARNING, "MASS-STOP GUARD: holding stops", due=len(due), limit=report.guard.limit,
+                  held=len(report.guard.held), ready=ready)
+        for decision in report.guard.held:
+            report.results[decision.server.key] = Result.HELD
+        results = await asyncio.gather(*(self._stop(decision) for decision in report.guard.allowed))
+        for decision, result in zip(report.guard.allowed, results, strict=True):
+            report.results[decision.server.key] = result
+
+    async def _stop(self, decision: Decision) -> Result:
+        server = decision.server
+        fields = {"user": server.user, "server": server.name, "idle": format_duration(decision.idle_seconds),
+                  "rule": decision.rule_id, "reason": decision.reason}
+        if self.options.dry_run:
+            event(log, logging.INFO, "would stop (dry run)", **fields)
+            return Result.WOULD_STOP
+        if self.stopping.is_set():
+            event(log, logging.INFO, "not stopping: shutting down", **fields)
+            return Result.INTERRUPTED
+        try:
+            outcome = await self.hub.stop_server(server.user, server.name, remove=decision.remove)
+            if outcome is StopOutcome.STOPPING:
+                outcome = await self._follow_up(server)
+        except HubError as error:
+            event(log, logging.ERROR, "stop failed", error=str(error), **fields)
+            return Result.FAILED
+        except asyncio.CancelledError:
+            event(log, logging.WARNING, "stop interrupted by shutdown; the hub may still stop it", **fields)
+            raise
+        result = {StopOutcome.STOPPED: Result.STOPPED, StopOutcome.GONE: Result.GONE}.get(outcome, Result.SLOW)
+        event(log, logging.INFO, f"server {result}", **fields)
+        return result
+
+    async def _follow_up(self, server: ServerSnapshot) -> StopOutcome:
+        """A 202 means the hub is still stopping: poll until it says stopped, or give up waiting."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.follow_up_timeout
+        while loop.time() < deadline:
+            await asyncio.sleep(min(self.options.follow_up_interval, max(0.0, deadline - loop.time())))
+            try:
+                if await self.hub.is_stopped(server.user, server.name):
+                    return StopOutcome.STOPPED
+            except HubError as error:
+                event(log, logging.WARNING, "stop follow-up failed", server=server.key, error=str(error))
+        return StopOutcome.STOPPING
+
+    async def _delete_users(self, policy: Policy, report: CycleReport) -> None:
+        try:
+            models = await self.hub.list_users("inactive")
+        except HubError as error:
+            event(log, logging.ERROR, "listing inactive users failed, no deletions this cycle", error=str(error))
+            return
+        now = self.clock()
+        candidates: list[UserDecision] = []
+        for model in models:
+            try:
+                candidates.append(evaluate_user(policy, user_of(model), now))
+            except SnapshotError as error:
+                event(log, logging.WARNING, "user skipped", error=str(error))
+        to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
+        for decision in to_delete:
+            await self._delete_user(decision, report)
+
+    async def _delete_user(self, decision: UserDecision, report: CycleReport) -> None:
+        name = decision.user.name
+        if self.options.dry_run:
+            event(log, logging.INFO, "would delete user (dry run)", user=name, reason=decision.reason)
+            return
+        try:
+            await self.hub.delete_user(name)
+        except HubError as error:
+            event(log, logging.ERROR, "user deletion failed", user=name, error=str(error))
+            return
+        report.users_deleted.append(name)
+        event(log, logging.INFO, "user deleted", user=name, reason=decision.reason)
+
+    def _summarise(self, report: CycleReport) -> None:
+        actions = Counter(d.action.value for d in report.decisions)
+        results = report.counts()
+        seconds = (self.clock() - report.started).total_seconds()
+        event(log, logging.INFO, "cycle done", servers=len(report.decisions), **{k: actions[k] for k in Action},
+              **{k.replace("-", "_"): v for k, v in sorted(results.items())}, users_deleted=len(report.users_deleted),
+              dry_run=self.options.dry_run or None, seconds=f"{seconds:.2f}")

@@ -1,0 +1,36 @@
+"""Readiness from what the cycles report (pure): ready while cycles succeed and a policy is in force."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from culler.timeutil import isoformat
+
+
+@dataclass
+class Health:
+    interval: float
+    last_success: datetime | None = None
+    last_error: str | None = None
+    cycles: int = 0
+
+    def record(self, at: datetime, error: str | None) -> None:
+        self.cycles += 1
+        self.last_error = error
+        if error is None:
+            self.last_success = at
+
+    def status(self, now: datetime, policy_error: str | None, has_policy: bool) -> tuple[bool, dict[str, object]]:
+        body: dict[str, object] = {"cycles": self.cycles, "last_success": isoformat(self.last_success)}
+        if policy_error:
+            body["policy_error"] = policy_error
+        if not has_policy:
+            return False, {**body, "status": "unavailable", "reason": f"no valid policy: {policy_error}"}
+        if self.cycles == 0:
+            return True, {**body, "status": "starting"}
+        fresh = self.last_success is not None and (now - self.last_success).total_seconds() <= 3 * self.interval
+        if fresh:
+            return True, {**body, "status": "ok", "last_error": self.last_error}
+        reason = self.last_error or "no successful cycle within three intervals"
+        return False, {**body, "status": "unavailable", "reason": reason}

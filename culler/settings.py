@@ -1,0 +1,89 @@
+"""How the service runs (hub URL, token, interval, caps, logging). What it stops lives in the policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from culler.durations import parse_duration
+
+DEFAULT_TIMEOUT = 7 * 86400
+DEFAULT_INTERVAL = 300
+
+# Flags that describe a policy (jupyterhub-idle-culler's); with --policy they are rejected.
+POLICY_FLAGS = (
+    "timeout",
+    "max_age",
+    "cull_users",
+    "cull_admin_users",
+    "cull_default_servers",
+    "cull_named_servers",
+    "remove_named_servers",
+)
+
+
+def _seconds_or_none(value: object) -> object:
+    if value is None or value == "":
+        return None
+    seconds = parse_duration(value)
+    return 0 if seconds is None else seconds  # "never" max age is the incumbent's 0
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds_or_none)]
+
+
+def _env(name: str, *extra: str) -> AliasChoices:
+    return AliasChoices(name, f"CULLER_{name.upper()}", *extra)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CULLER_", extra="forbid", populate_by_name=True)
+
+    url: str = Field("http://127.0.0.1:8081/hub/api", validation_alias=_env("url", "JUPYTERHUB_API_URL"),
+                     description="the hub API base URL")
+    api_token: SecretStr | None = Field(None, validation_alias=_env("api_token", "JUPYTERHUB_API_TOKEN"))
+    policy: Path | None = Field(None, description="policy file; without it the incumbent's flags form the policy")
+    cull_every: Seconds = Field(DEFAULT_INTERVAL, ge=0, description="seconds between cycles (0: the default)")
+    concurrency: int = Field(10, ge=0, description="at most this many hub API requests at once (0: unlimited)")
+    api_page_size: int = Field(0, ge=0, description="users per page when listing (0: the hub's default)")
+    request_timeout: float = Field(60.0, gt=0, validation_alias=_env("request_timeout", "JUPYTERHUB_REQUEST_TIMEOUT"))
+    ssl_enabled: bool = False
+    internal_certs_location: Path = Path("internal-ssl")
+
+    timeout: Seconds | None = None
+    max_age: Seconds | None = None
+    cull_users: bool | None = None
+    cull_admin_users: bool | None = None
+    cull_default_servers: bool | None = None
+    cull_named_servers: bool | None = None
+    remove_named_servers: bool | None = None
+
+    max_stops_per_cycle: int = Field(100, ge=0, description="mass-stop guard: absolute cap per cycle (0: none)")
+    max_stop_fraction: float = Field(0.5, gt=0, le=1, description="mass-stop guard: cap as a share of ready servers")
+    dry_run: bool = Field(False, description="decide and report, stop nothing")
+    once: bool = Field(False, description="run one cycle and exit; the exit status says whether it worked")
+    follow_up_timeout: float = Field(120.0, ge=0, description="how long to follow a stop the hub answered 202 to")
+    policy_poll: float = Field(10.0, gt=0, description="seconds between checks of the policy file")
+    shutdown_timeout: float = Field(5.0, ge=0, description="how long a running cycle may finish at shutdown")
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))
+    service_prefix: str = Field("/", validation_alias=_env("service_prefix", "JUPYTERHUB_SERVICE_PREFIX"))
+
+    @property
+    def interval(self) -> float:
+        return self.cull_every or DEFAULT_INTERVAL
+
+    def policy_flags_given(self) -> list[str]:
+        return [name for name in POLICY_FLAGS if getattr(self, name) is not None]
+
+    def summary(self) -> dict[str, object]:
+        """The effective settings for the start-up log line: secrets redacted."""
+        data = self.model_dump(exclude_none=True)
+        if self.api_token is not None:
+            data["api_token"] = "[secret]"
+        return {key: str(value) for key, value in data.items()}

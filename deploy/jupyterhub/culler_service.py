@@ -1,0 +1,53 @@
+# Register jupyterhub-activity-culler as a hub-managed service. Include it from jupyterhub_config.py:
+#
+#     load_subconfig("/etc/jupyterhub/culler_service.py")
+#
+# It reads its choices from the hub's environment when the config is loaded (all optional):
+#   CULLER_SERVICE_NAME   service name (default "activity-culler")
+#   CULLER_SERVICE_PORT   port of its health/API endpoints on 127.0.0.1 (default 10101)
+#   CULLER_POLICY         policy file (default: the policies/default.yaml shipped with the package)
+#   CULLER_DRY_RUN        "true": decide and report, stop nothing (shadow mode). Set "false" to act.
+#   CULLER_DELETE_USERS   "true" if the policy has a `users:` section (adds the admin:users scope)
+#   CULLER_PYTHON         the python that has the package installed (default: the hub's own)
+# Every other CULLER_* variable in the hub's environment (CULLER_CULL_EVERY, CULLER_LOG_FORMAT, ...)
+# is passed on to the service; see the README for the full list.
+import os
+import sys
+
+c = get_config()  # noqa: F821 (provided by traitlets when the hub loads this file)
+
+_name = os.environ.get("CULLER_SERVICE_NAME", "activity-culler")
+_port = int(os.environ.get("CULLER_SERVICE_PORT", "10101"))
+_dry_run = os.environ.get("CULLER_DRY_RUN", "true").lower() in ("1", "true", "yes", "on")
+_delete_users = os.environ.get("CULLER_DELETE_USERS", "false").lower() in ("1", "true", "yes", "on")
+_SNIPPET_ONLY = {"CULLER_SERVICE_NAME", "CULLER_SERVICE_PORT", "CULLER_DRY_RUN", "CULLER_DELETE_USERS", "CULLER_PYTHON"}
+_passed_on = {k: v for k, v in os.environ.items() if k.startswith("CULLER_") and k not in _SNIPPET_ONLY}
+_passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
+
+_command = [os.environ.get("CULLER_PYTHON", sys.executable), "-m", "culler"]
+if "CULLER_POLICY" not in _passed_on:
+    _passed_on["CULLER_POLICY"] = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "default.yaml")
+
+c.JupyterHub.services.append(
+    {
+        "name": _name,
+        "url": f"http://127.0.0.1:{_port}",
+        "command": _command,
+        "environment": _passed_on,
+        "display": True,
+        "oauth_no_confirm": True,
+    }
+)
+
+# Only the scopes the service needs: list users, read activity, groups and servers, stop servers.
+_scopes = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
+if _delete_users:
+    _scopes.append("admin:users")
+c.JupyterHub.load_roles.append({"name": f"{_name}-service", "scopes": _scopes, "services": [_name]})
+
+# Let every user reach the service's pages (their countdown); `self` keeps the default user role intact.
+_user_role = next((r for r in c.JupyterHub.load_roles if r.get("name") == "user"), None)
+if _user_role is None:
+    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", f"access:services!service={_name}"]})
+else:
+    _user_role.setdefault("scopes", ["self"]).append(f"access:services!service={_name}")
