@@ -32,8 +32,14 @@ PROG = "jupyterhub-activity-culler"
 USAGE_ERROR = 2
 
 _BOOL_FLAGS = (
-    "cull_users", "cull_admin_users", "cull_default_servers", "cull_named_servers", "remove_named_servers",
-    "ssl_enabled", "dry_run", "once",
+    "cull_users",
+    "cull_admin_users",
+    "cull_default_servers",
+    "cull_named_servers",
+    "remove_named_servers",
+    "ssl_enabled",
+    "dry_run",
+    "once",
 )
 _VALUE_FLAGS: dict[str, str] = {
     "url": "hub API URL (default $JUPYTERHUB_API_URL)",
@@ -76,15 +82,17 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
     for name, help_text in _VALUE_FLAGS.items():
         parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
     for name in _BOOL_FLAGS:
-        parser.add_argument(_flag(name), dest=name, nargs="?", const="true", metavar="BOOL",
-                            help="bare, or =true / =false")
+        parser.add_argument(
+            _flag(name), dest=name, nargs="?", const="true", metavar="BOOL", help="bare, or =true / =false"
+        )
     for name in ("config", "generate_config"):
         parser.add_argument(_flag(name), dest=name, nargs="?", const="", help=argparse.SUPPRESS)
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, argument_default=argparse.SUPPRESS,
+        prog=PROG,
+        argument_default=argparse.SUPPRESS,
         description="Stop JupyterHub servers nobody has reached through the browser for too long. "
         "Subcommands: 'policy check FILE', 'policy schema', 'explain [USER[/SERVER]]', 'demo'.",
     )
@@ -201,7 +209,8 @@ def check_policies(files: Sequence[Path]) -> int:
 
 def explain_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} explain", argument_default=argparse.SUPPRESS,
+        prog=f"{PROG} explain",
+        argument_default=argparse.SUPPRESS,
         description="Explain decisions for the servers on the live hub; stops nothing. With --policy FILE, "
         "show which decisions FILE would change versus the policy in force (--in-force, $CULLER_POLICY, "
         "or the flags).",

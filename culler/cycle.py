@@ -122,8 +122,15 @@ class Culler:
         ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
         report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction)
         if report.guard.tripped:
-            event(log, logging.WARNING, "MASS-STOP GUARD: holding stops", due=len(due), limit=report.guard.limit,
-                  held=len(report.guard.held), ready=ready)
+            event(
+                log,
+                logging.WARNING,
+                "MASS-STOP GUARD: holding stops",
+                due=len(due),
+                limit=report.guard.limit,
+                held=len(report.guard.held),
+                ready=ready,
+            )
         for decision in report.guard.held:
             report.results[decision.server.key] = Result.HELD
         results = await asyncio.gather(*(self._stop(decision) for decision in report.guard.allowed))
@@ -132,8 +139,13 @@ class Culler:
 
     async def _stop(self, decision: Decision) -> Result:
         server = decision.server
-        fields = {"user": server.user, "server": server.name, "idle": format_duration(decision.idle_seconds),
-                  "rule": decision.rule_id, "reason": decision.reason}
+        fields = {
+            "user": server.user,
+            "server": server.name,
+            "idle": format_duration(decision.idle_seconds),
+            "rule": decision.rule_id,
+            "reason": decision.reason,
+        }
         if self.options.dry_run:
             event(log, logging.INFO, "would stop (dry run)", **fields)
             return Result.WOULD_STOP
@@ -201,6 +213,14 @@ class Culler:
         actions = Counter(d.action.value for d in report.decisions)
         results = report.counts()
         seconds = (self.clock() - report.started).total_seconds()
-        event(log, logging.INFO, "cycle done", servers=len(report.decisions), **{k: actions[k] for k in Action},
-              **{k.replace("-", "_"): v for k, v in sorted(results.items())}, users_deleted=len(report.users_deleted),
-              dry_run=self.options.dry_run or None, seconds=f"{seconds:.2f}")
+        event(
+            log,
+            logging.INFO,
+            "cycle done",
+            servers=len(report.decisions),
+            **{k: actions[k] for k in Action},
+            **{k.replace("-", "_"): v for k, v in sorted(results.items())},
+            users_deleted=len(report.users_deleted),
+            dry_run=self.options.dry_run or None,
+            seconds=f"{seconds:.2f}",
+        )

@@ -192,7 +192,11 @@ c.JupyterHub.load_roles = [{{
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config)],
-            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         await self.wait_healthy(timeout)
         return self
@@ -229,12 +233,14 @@ c.JupyterHub.load_roles = [{{
 
     async def api(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
         headers = {"Authorization": f"token {self.admin_token}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            async with session.request(method, f"{self.api_url}/{path}", json=body) as response:
-                text = await response.text()
-                if response.status not in ok:
-                    raise RuntimeError(f"{method} {path}: {response.status} {text[:300]}")
-                return await response.json() if text and response.content_type == "application/json" else None
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.request(method, f"{self.api_url}/{path}", json=body) as response,
+        ):
+            text = await response.text()
+            if response.status not in ok:
+                raise RuntimeError(f"{method} {path}: {response.status} {text[:300]}")
+            return await response.json() if text and response.content_type == "application/json" else None
 
     async def create_users(self, names: list[str], concurrency: int = 20) -> None:
         limit = asyncio.Semaphore(concurrency)
@@ -245,8 +251,9 @@ c.JupyterHub.load_roles = [{{
 
         await asyncio.gather(*(one(n) for n in names))
 
-    async def start_server(self, user: str, name: str = "", options: dict[str, Any] | None = None,
-                           timeout: float = 60.0) -> None:
+    async def start_server(
+        self, user: str, name: str = "", options: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> None:
         await self.api("POST", server_path(user, name), options or {})
         await self.wait_server(user, name, ready=True, timeout=timeout)
 

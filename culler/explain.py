@@ -60,8 +60,13 @@ def changes(current: Sequence[Decision], candidate: Sequence[Decision], now: dat
             continue
         was, becomes = verdict(old, now), verdict(after, now)
         if (old.action, old.rule_id, old.stop_at) != (after.action, after.rule_id, after.stop_at):
-            rows.append({"server": after.server.label, "now": f"{was} [{old.rule_id}]",
-                         "candidate": f"{becomes} [{after.rule_id}]"})
+            rows.append(
+                {
+                    "server": after.server.label,
+                    "now": f"{was} [{old.rule_id}]",
+                    "candidate": f"{becomes} [{after.rule_id}]",
+                }
+            )
     return rows
 
 

@@ -53,8 +53,15 @@ class PolicyStore:
             return self.state
         previous = self.state.hash
         self.state = PolicyState(policy, digest, str(self.path), None)
-        event(log, logging.INFO, "policy loaded" if previous is None else "policy reloaded",
-              file=str(self.path), hash=digest, rules=len(policy.rules), previous=previous)
+        event(
+            log,
+            logging.INFO,
+            "policy loaded" if previous is None else "policy reloaded",
+            file=str(self.path),
+            hash=digest,
+            rules=len(policy.rules),
+            previous=previous,
+        )
         return self.state
 
     def _reject(self, digest: str, message: str) -> None:

@@ -42,8 +42,11 @@ def _env(name: str, *extra: str) -> AliasChoices:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CULLER_", extra="forbid", populate_by_name=True)
 
-    url: str = Field("http://127.0.0.1:8081/hub/api", validation_alias=_env("url", "JUPYTERHUB_API_URL"),
-                     description="the hub API base URL")
+    url: str = Field(
+        "http://127.0.0.1:8081/hub/api",
+        validation_alias=_env("url", "JUPYTERHUB_API_URL"),
+        description="the hub API base URL",
+    )
     api_token: SecretStr | None = Field(None, validation_alias=_env("api_token", "JUPYTERHUB_API_TOKEN"))
     policy: Path | None = Field(None, description="policy file; without it the incumbent's flags form the policy")
     cull_every: Seconds = Field(DEFAULT_INTERVAL, ge=0, description="seconds between cycles (0: the default)")
