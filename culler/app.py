@@ -56,16 +56,25 @@ class Service:
     async def cycle(self) -> CycleReport | None:
         """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
         self._cycle_task = asyncio.current_task()
-        state = self.store.refresh()
-        if state.policy is None:
-            self.health.record(utcnow(), f"no valid policy: {state.error}")
+        started = utcnow()
+        try:
+            state = self.store.refresh()
+            if state.policy is None:
+                self.health.record(started, f"no valid policy: {state.error}")
+                return None
+            report = await self.culler.run(state.policy)
+        except Exception as error:  # a guarded root task: log by name, report unhealthy, keep serving
+            log.exception("cycle crashed")
+            self.health.record(started, f"cycle crashed: {type(error).__name__}: {error}")
             return None
-        report = await self.culler.run(state.policy)
         self.health.record(report.started, report.error)
         return report
 
     async def refresh_policy(self) -> None:
-        self.store.refresh()
+        try:
+            self.store.refresh()
+        except Exception:
+            log.exception("policy refresh crashed")
 
     def health_status(self) -> tuple[bool, dict[str, object]]:
         state = self.store.state
@@ -111,7 +120,7 @@ class Service:
             next_run_time=utcnow(),
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=int(interval),
+            misfire_grace_time=max(1, int(interval)),
         )
         if self.store.path is not None:
             scheduler.add_job(self.refresh_policy, IntervalTrigger(seconds=self.settings.policy_poll), id="policy")

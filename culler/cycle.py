@@ -13,7 +13,7 @@ from enum import StrEnum
 from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
 from culler.durations import format_duration
 from culler.guard import GuardResult, apply_guard
-from culler.hub import HubClient, HubError, StopOutcome
+from culler.hub import HubClient, HubError, HubInterrupted, StopOutcome
 from culler.logs import event
 from culler.policy import Policy
 from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of
@@ -153,11 +153,18 @@ class Culler:
             event(log, logging.INFO, "not stopping: shutting down", **fields)
             return Result.INTERRUPTED
         try:
-            outcome = await self.hub.stop_server(server.user, server.name, remove=decision.remove)
+            outcome = await self.hub.stop_server(server.user, server.name, remove=decision.remove, abort=self.stopping)
             if outcome is StopOutcome.STOPPING:
                 outcome = await self._follow_up(server)
+        except HubInterrupted:
+            # Queued behind the concurrency limit (or waiting to retry) when shutdown began.
+            event(log, logging.INFO, "not stopping: shutting down", **fields)
+            return Result.INTERRUPTED
         except HubError as error:
             event(log, logging.ERROR, "stop failed", error=str(error), **fields)
+            return Result.FAILED
+        except Exception as error:  # one server's surprise must not lose the whole cycle's report
+            event(log, logging.ERROR, "stop failed", error=f"{type(error).__name__}: {error}", **fields)
             return Result.FAILED
         except asyncio.CancelledError:
             event(log, logging.WARNING, "stop interrupted by shutdown; the hub may still stop it", **fields)
@@ -170,7 +177,7 @@ class Culler:
         """A 202 means the hub is still stopping: poll until it says stopped, or give up waiting."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.follow_up_timeout
-        while loop.time() < deadline:
+        while loop.time() < deadline and not self.stopping.is_set():
             await asyncio.sleep(min(self.options.follow_up_interval, max(0.0, deadline - loop.time())))
             try:
                 if await self.hub.is_stopped(server.user, server.name):
@@ -194,6 +201,8 @@ class Culler:
                 event(log, logging.WARNING, "user skipped", error=str(error))
         to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
         for decision in to_delete:
+            if self.stopping.is_set():
+                return
             await self._delete_user(decision, report)
 
     async def _delete_user(self, decision: UserDecision, report: CycleReport) -> None:
@@ -202,7 +211,9 @@ class Culler:
             event(log, logging.INFO, "would delete user (dry run)", user=name, reason=decision.reason)
             return
         try:
-            await self.hub.delete_user(name)
+            await self.hub.delete_user(name, abort=self.stopping)
+        except HubInterrupted:
+            return
         except HubError as error:
             event(log, logging.ERROR, "user deletion failed", user=name, error=str(error))
             return

@@ -175,7 +175,10 @@ def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now
 def _after(start: datetime, seconds: float) -> datetime | None:
     if math.isinf(seconds):
         return None
-    return start + timedelta(seconds=seconds)
+    try:
+        return start + timedelta(seconds=seconds)
+    except OverflowError:  # a limit beyond the year 9999 (e.g. 10000000d) is never
+        return None
 
 
 @dataclass(frozen=True)

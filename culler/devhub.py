@@ -8,7 +8,9 @@ stand-in server (one tiny HTTP responder shared by all) so hundreds of servers c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -98,10 +100,37 @@ class DevSpawner(SimpleLocalProcessSpawner):
 '''
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port, never one this process handed out before (two hubs must not share one)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """Direct children of ``pid`` as (pid, start time) pairs; empty where /proc is missing."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append((int(stat.parent.name), fields[19]))
+    return found
+
+
+def _kill_if_same(pid: int, started: str) -> None:
+    """SIGKILL ``pid`` if it is still the process that started at ``started`` (no pid reuse accidents)."""
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+            os.kill(pid, signal.SIGKILL)
 
 
 def find_proxy() -> str:
@@ -118,13 +147,16 @@ def find_proxy() -> str:
 
 @dataclass
 class LocalHub:
-    """A hub on free loopback ports. ``extra_config`` is appended to the generated jupyterhub_config.py."""
+    """A hub on free loopback ports. ``extra_config`` is appended to the generated jupyterhub_config.py.
+
+    ``env`` is laid over this process's environment for the hub; a ``None`` value removes a variable.
+    """
 
     extra_config: str = ""
     last_activity_interval: int = 5
     activity_report_interval: int = 5
     stop_delay: float = 0.0
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str | None] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="devhub-")))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
     port: int = field(default_factory=free_port)
@@ -132,6 +164,40 @@ class LocalHub:
     proxy_api_port: int = field(default_factory=free_port)
     proxy_token: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    service_port: int | None = None  # the activity-culler service's port, when started by ``with_culler``
+    _log_file: Any = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def with_culler(
+        cls,
+        policy: Path | str,
+        *,
+        dry_run: bool | None = False,
+        cull_every: float = 2,
+        policy_poll: float = 1,
+        env: dict[str, str | None] | None = None,
+        **kwargs: Any,
+    ) -> LocalHub:
+        """A hub that registers the activity-culler service through the shipped snippet.
+
+        CULLER_* variables of this process are not inherited (only ``env`` and the arguments count);
+        ``dry_run=None`` leaves CULLER_DRY_RUN unset, so the snippet's default applies.
+        """
+        port = free_port()
+        culler_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CULLER_")}
+        culler_env.update(
+            {
+                "CULLER_POLICY": str(policy),
+                "CULLER_CULL_EVERY": f"{cull_every:g}",
+                "CULLER_POLICY_POLL": f"{policy_poll:g}",
+                "CULLER_SERVICE_PORT": str(port),
+            }
+        )
+        if dry_run is not None:
+            culler_env["CULLER_DRY_RUN"] = "true" if dry_run else "false"
+        culler_env.update(env or {})
+        extra = f"load_subconfig({str(SNIPPET)!r})\n" + kwargs.pop("extra_config", "")
+        return cls(extra_config=extra, env=culler_env, service_port=port, **kwargs)
 
     @property
     def url(self) -> str:
@@ -188,17 +254,22 @@ c.JupyterHub.load_roles = [{{
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(self.config())
         env = {**os.environ, **self.env}
+        env = {k: v for k, v in env.items() if v is not None}
         env.pop("JUPYTERHUB_API_TOKEN", None)
-        log = self.log_path.open("ab")
+        self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(config)],
             cwd=self.workdir,
             env=env,
-            stdout=log,
+            stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        await self.wait_healthy(timeout)
+        try:
+            await self.wait_healthy(timeout)
+        except BaseException:
+            await asyncio.to_thread(self.stop)
+            raise
         return self
 
     async def wait_healthy(self, timeout: float) -> None:
@@ -217,17 +288,56 @@ c.JupyterHub.load_roles = [{{
         raise TimeoutError(f"the hub did not become healthy in {timeout:.0f}s; log: {self.log_path}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        """SIGTERM the hub (it stops its servers, services and proxy); whatever it leaves behind is killed."""
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+            if self.process is None or self.process.poll() is not None:
+                return
+            # services, the proxy and single-user servers run in their own sessions: remember them
+            children = _children(self.process.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+            deadline = time.monotonic() + 5
+            while children and time.monotonic() < deadline:
+                children = [(pid, started) for pid, started in children if Path(f"/proc/{pid}").exists()]
+                time.sleep(0.1)
+            for pid, started in children:
+                _kill_if_same(pid, started)
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def log_text(self, since: int = 0) -> str:
+        """The hub's log (its services and servers write there too), from byte offset ``since``."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def log_offset(self) -> int:
+        """The log's current end: pass it as ``since`` to look only at what comes later."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    async def wait_log(self, pattern: str | re.Pattern[str], timeout: float = 30.0, since: int = 0) -> re.Match[str]:
+        """Wait for a log line matching ``pattern`` (a regex) after byte offset ``since``."""
+        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(self.log_text(since))
+            if found:
+                return found
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"the hub exited with {self.process.returncode}; log: {self.log_path}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no log line matching {regex.pattern!r} in {timeout:.0f}s; log: {self.log_path}")
+            await asyncio.sleep(0.2)
 
     # -- admin API helpers ---------------------------------------------------------------------
 
@@ -241,6 +351,43 @@ c.JupyterHub.load_roles = [{{
             if response.status not in ok:
                 raise RuntimeError(f"{method} {path}: {response.status} {text[:300]}")
             return await response.json() if text and response.content_type == "application/json" else None
+
+    async def get(self, url: str, token: str | None = None) -> tuple[int, Any]:
+        """GET any URL (through the proxy: ``hub.url + "/..."``): status and JSON (or text) body."""
+        headers = {"Authorization": f"token {token}"} if token else {}
+        async with aiohttp.ClientSession(headers=headers) as session, session.get(url) as response:
+            text = await response.text()
+            try:
+                return response.status, await response.json(content_type=None)
+            except ValueError:
+                return response.status, text
+
+    def service_url(self, name: str = "activity-culler") -> str:
+        """A hub-managed service's prefix, reached through the proxy."""
+        return f"{self.url}/services/{name}/"
+
+    async def service_health(self, name: str = "activity-culler") -> tuple[int, Any]:
+        """The activity-culler service's ``health`` endpoint through the proxy (status, body)."""
+        return await self.get(self.service_url(name) + "health")
+
+    async def wait_service(self, name: str = "activity-culler", timeout: float = 30.0) -> tuple[int, Any]:
+        """Wait until the service answers ``health`` itself (200 or 503), not the proxy for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, body = await self.service_health(name)
+                if status in (200, 503) and isinstance(body, dict) and "status" in body:
+                    return status, body
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"service {name} did not answer in {timeout:.0f}s; log: {self.log_path}")
+            await asyncio.sleep(0.2)
+
+    async def user_token(self, user: str, note: str = "devhub") -> str:
+        """A new API token for ``user`` (the user's own scopes)."""
+        model = await self.api("POST", f"{user_path(user)}/tokens", {"note": note}, ok=(200, 201))
+        return str(model["token"])
 
     async def create_users(self, names: list[str], concurrency: int = 20) -> None:
         limit = asyncio.Semaphore(concurrency)

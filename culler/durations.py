@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_PART = re.compile(r"(\d+)([smhdw])")
-_WHOLE = re.compile(r"(?:\d+[smhdw])+")
+# ASCII digits only: str.isdigit() and a unicode \d also accept "²" or "٣".
+_PART = re.compile(r"([0-9]+)([smhdw])")
+_WHOLE = re.compile(r"(?:[0-9]+[smhdw])+")
+_SECONDS = re.compile(r"[0-9]+")
 
 NEVER = "never"
 
@@ -16,7 +19,7 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
+        if math.isnan(value) or value < 0:
             raise ValueError(f"duration must not be negative: {value!r}")
         return float(value)
     if not isinstance(value, str):
@@ -24,7 +27,7 @@ def parse_duration(value: object) -> float | None:
     text = value.strip().lower()
     if text == NEVER:
         return None
-    if text.isdigit():
+    if _SECONDS.fullmatch(text):
         return float(text)
     if not _WHOLE.fullmatch(text):
         raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 36h, 7d, 2w, 1d12h or never)")
@@ -33,7 +36,7 @@ def parse_duration(value: object) -> float | None:
 
 def format_duration(seconds: float | None) -> str:
     """Short, readable form: ``3d4h``, ``12m5s``, ``0s``; ``never`` for ``None``."""
-    if seconds is None:
+    if seconds is None or math.isinf(seconds):
         return NEVER
     remaining = int(max(0, seconds))
     if remaining == 0:

@@ -59,7 +59,7 @@ def changes(current: Sequence[Decision], candidate: Sequence[Decision], now: dat
         if old is None:
             continue
         was, becomes = verdict(old, now), verdict(after, now)
-        if (old.action, old.rule_id, old.stop_at) != (after.action, after.rule_id, after.stop_at):
+        if _outcome(old) != _outcome(after):
             rows.append(
                 {
                     "server": after.server.label,
@@ -68,6 +68,12 @@ def changes(current: Sequence[Decision], candidate: Sequence[Decision], now: dat
                 }
             )
     return rows
+
+
+def _outcome(decision: Decision) -> tuple[object, ...]:
+    """What a change is judged on: when a due server became due does not matter, it stops either way."""
+    stop_at = None if decision.action is Action.STOP else decision.stop_at
+    return (decision.action, decision.rule_id, stop_at)
 
 
 def changes_table(rows: Sequence[dict[str, str]], total: int) -> str:

@@ -25,7 +25,9 @@ class GuardResult:
 
 def stop_limit(ready: int, max_stops: int, max_fraction: float) -> int:
     """The number of stops one cycle may make; ``max_stops`` 0 means no absolute cap."""
-    by_fraction = max(FRACTION_FLOOR, math.ceil(max_fraction * ready)) if max_fraction < 1 else ready
+    # round first: 0.1 * 300 is 30.000000000000004 in floating point, and its ceiling would be 31
+    share = math.ceil(round(max_fraction * ready, 6))
+    by_fraction = max(FRACTION_FLOOR, share) if max_fraction < 1 else ready
     return min(by_fraction, max_stops) if max_stops > 0 else by_fraction
 
 

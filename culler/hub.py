@@ -39,6 +39,10 @@ class HubProtocolError(HubError):
     """The hub answered something this client cannot trust (not JSON, wrong shape)."""
 
 
+class HubInterrupted(HubError):
+    """The request was not sent: shutdown began while it waited for a slot or a retry."""
+
+
 class HubAPIError(HubError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -90,6 +94,7 @@ class HubClient:
     ) -> None:
         self.api_url = api_url.rstrip("/") + "/"
         self._token = token
+        self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency) if concurrency > 0 else None
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self.page_size = page_size
@@ -133,13 +138,18 @@ class HubClient:
         params: dict[str, Any] | None = None,
         body: Any = None,
         accept: str = "application/json",
+        abort: asyncio.Event | None = None,
     ) -> tuple[int, bytes]:
-        """One API call with retries; returns status and body of the final answer."""
+        """One API call with retries; returns status and body of the final answer.
+
+        With ``abort``, no attempt is sent once the event is set (``HubInterrupted``): a stop queued
+        behind the concurrency limit, or waiting to retry, must not go out after shutdown began.
+        """
         url = URL(self.api_url + path, encoded=True)
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                status, payload, retry_after = await self._once(method, url, template, params, body, accept)
+                status, payload, retry_after = await self._once(method, url, template, params, body, accept, abort)
             except HubUnreachable:
                 if last:
                     raise
@@ -152,28 +162,48 @@ class HubClient:
         raise AssertionError("unreachable")
 
     async def _once(
-        self, method: str, url: URL, template: str, params: dict[str, Any] | None, body: Any, accept: str
+        self,
+        method: str,
+        url: URL,
+        template: str,
+        params: dict[str, Any] | None,
+        body: Any,
+        accept: str,
+        abort: asyncio.Event | None,
     ) -> tuple[int, bytes, str | None]:
         started = time.monotonic()
         status = "error"
         try:
-            async with (
-                self._slot(),
-                self._get_session().request(
+            async with self._slot():
+                if abort is not None and abort.is_set():
+                    status = "interrupted"
+                    raise HubInterrupted(f"{method} {template}: not sent, shutting down")
+                async with self._get_session().request(
                     method, url, params=params, json=body, headers={"Accept": accept}
-                ) as response,
-            ):
-                payload = await response.read()
-                status = str(response.status)
-                return response.status, payload, response.headers.get("Retry-After")
+                ) as response:
+                    payload = await response.read()
+                    status = str(response.status)
+                    return response.status, payload, response.headers.get("Retry-After")
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            detail = self._redact(str(error))[:200]
             raise HubUnreachable(
                 f"cannot reach the hub API at {self.api_url} ({method} {template}: {type(error).__name__}"
-                f"{': ' + str(error)[:200] if str(error) else ''}); is the hub running and reachable from here?"
+                f"{': ' + detail if detail else ''}); is the hub running and reachable from here?"
             ) from error
         finally:
             if self._observer is not None:
                 self._observer(method, template, status, time.monotonic() - started)
+
+    def _redact(self, text: str) -> str:
+        """Defence in depth: a proxy or a broken hub may echo the Authorization header back."""
+        return text.replace(self._token, "[secret]") if self._token else text
+
+    def _error(self, method: str, template: str, status: int, payload: bytes) -> HubAPIError:
+        return _api_error(method, template, status, _snippet(payload, self._token))
+
+    def _not_json(self, template: str, status: int, payload: bytes) -> HubProtocolError:
+        snippet = _snippet(payload, self._token)
+        return HubProtocolError(f"GET {template}: the hub answered {status} with a body that is not JSON: {snippet}")
 
     def _slot(self) -> asyncio.Semaphore | _NoLimit:
         return self._limit if self._limit is not None else _NoLimit()
@@ -192,13 +222,11 @@ class HubClient:
     ) -> Any:
         status, payload = await self.request("GET", path, template, params=params, accept=accept)
         if status != 200:
-            raise _api_error("GET", template, status, payload)
+            raise self._error("GET", template, status, payload)
         try:
             return json.loads(payload)
         except ValueError as error:
-            raise HubProtocolError(
-                f"GET {template}: the hub answered {status} with a body that is not JSON: {_snippet(payload)}"
-            ) from error
+            raise self._not_json(template, status, payload) from error
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -225,26 +253,30 @@ class HubClient:
         if status == 404:
             return None
         if status != 200:
-            raise _api_error("GET", "users/{name}", status, payload)
+            raise self._error("GET", "users/{name}", status, payload)
         try:
             data = json.loads(payload)
         except ValueError as error:
-            raise HubProtocolError(f"GET users/{{name}}: not JSON: {_snippet(payload)}") from error
+            raise self._not_json("users/{name}", status, payload) from error
         if not isinstance(data, dict):
             raise HubProtocolError("GET users/{name}: not a user model")
         return data
 
-    async def stop_server(self, user: str, server: str, *, remove: bool = False) -> StopOutcome:
+    async def stop_server(
+        self, user: str, server: str, *, remove: bool = False, abort: asyncio.Event | None = None
+    ) -> StopOutcome:
+        """Ask the hub to stop one server; ``HubInterrupted`` if ``abort`` was set before it was sent."""
         template = "users/{name}/servers/{server}" if server else "users/{name}/server"
         body = {"remove": True} if remove and server else None
-        status, payload = await self.request("DELETE", server_path(user, server), template, body=body)
+        path = server_path(user, server)
+        status, payload = await self.request("DELETE", path, template, body=body, abort=abort)
         if status == 204:
             return StopOutcome.STOPPED
         if status == 202:
             return StopOutcome.STOPPING
         if status in (400, 404):
             return StopOutcome.GONE
-        raise _api_error("DELETE", template, status, payload)
+        raise self._error("DELETE", template, status, payload)
 
     async def is_stopped(self, user: str, server: str) -> bool:
         """True once the hub no longer lists the server as running or stopping."""
@@ -257,12 +289,12 @@ class HubClient:
         entry = servers.get(server)
         return not isinstance(entry, dict) or (not entry.get("ready") and not entry.get("pending"))
 
-    async def delete_user(self, user: str) -> bool:
+    async def delete_user(self, user: str, *, abort: asyncio.Event | None = None) -> bool:
         """True when deleted (or already gone)."""
-        status, payload = await self.request("DELETE", user_path(user), "users/{name}")
+        status, payload = await self.request("DELETE", user_path(user), "users/{name}", abort=abort)
         if status in (204, 404):
             return True
-        raise _api_error("DELETE", "users/{name}", status, payload)
+        raise self._error("DELETE", "users/{name}", status, payload)
 
 
 class _NoLimit:
@@ -286,15 +318,17 @@ def _page(data: Any, offset: int) -> tuple[list[dict[str, Any]], int | None]:
     return data["items"], next_offset
 
 
-def _snippet(payload: bytes, limit: int = 200) -> str:
+def _snippet(payload: bytes, secret: str = "", limit: int = 200) -> str:
     text = payload.decode("utf-8", "replace").strip()
+    if secret:
+        text = text.replace(secret, "[secret]")
     return repr(text[:limit] + ("…" if len(text) > limit else ""))
 
 
-def _api_error(method: str, template: str, status: int, payload: bytes) -> HubAPIError:
+def _api_error(method: str, template: str, status: int, snippet: str) -> HubAPIError:
     hint = ""
     if status == 403:
         hint = " (the service's token lacks a scope: see deploy/jupyterhub/ for the role it needs)"
     elif status == 401:
-        hint = " (the token is not valid for this hub)"
-    return HubAPIError(f"{method} {template}: the hub answered {status}{hint}: {_snippet(payload)}", status)
+        hint = " (the token is not valid for this hub: check JUPYTERHUB_API_TOKEN and the service's api_token)"
+    return HubAPIError(f"{method} {template}: the hub answered {status}{hint}: {snippet}", status)

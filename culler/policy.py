@@ -10,7 +10,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from culler.durations import parse_duration
 
@@ -79,11 +90,12 @@ class Rule(_Model):
     plugin: str | None = Field(None, description=f"a policy plugin registered in the entry-point group {PLUGIN_GROUP}")
     args: dict[str, Any] = Field(default_factory=dict, description="passed to the plugin")
 
-    @model_validator(mode="after")
-    def _plugin_args(self) -> Rule:
-        if self.args and not self.plugin:
+    @field_validator("args")
+    @classmethod
+    def _plugin_args(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if args and not info.data.get("plugin"):
             raise ValueError("'args' is only meaningful with 'plugin'")
-        return self
+        return args
 
 
 class UsersPolicy(_Model):
@@ -99,19 +111,30 @@ class Policy(_Model):
 
     @model_validator(mode="after")
     def _rule_ids(self) -> Policy:
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         rules = []
         for index, rule in enumerate(self.rules):
-            rule_id = rule.id or f"rule-{index + 1}"
-            if rule_id in seen or rule_id == DEFAULT_RULE_ID:
-                raise ValueError(f"rules[{index}]: id {rule_id!r} is used twice (or is the reserved 'default')")
-            seen.add(rule_id)
+            rule_id = rule.id or _auto_id(index)
+            if rule_id == DEFAULT_RULE_ID:
+                problem = f"{rule_id!r} is reserved for decisions made by 'defaults'"
+            elif rule_id in seen:
+                problem = f"{rule_id!r} is already used by rules[{seen[rule_id]}]"
+            else:
+                problem = None
+            if problem:
+                # _describe turns the context into "rules[i] (id ...): id: ..."
+                raise PydanticCustomError("rule_id", "{problem}", {"index": index, "problem": problem})
+            seen[rule_id] = index
             rules.append(rule if rule.id else rule.model_copy(update={"id": rule_id}))
         object.__setattr__(self, "rules", rules)
         return self
 
     def uses_groups(self) -> bool:
         return any(rule.match is not None and rule.match.groups is not None for rule in self.rules)
+
+
+def _auto_id(index: int) -> str:
+    return f"rule-{index + 1}"
 
 
 class PolicyError(Exception):
@@ -167,12 +190,14 @@ def _unknown_plugins(policy: Policy, plugins: Iterable[str] | None) -> list[str]
 
 def _describe(source: str, raw: dict[str, Any], item: Any) -> str:
     loc = list(item["loc"])
+    if item["type"] == "rule_id":
+        loc = ["rules", item["ctx"]["index"], "id"]
     where = ""
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         index = loc[1]
         rules = raw.get("rules")
         rule = rules[index] if isinstance(rules, list) and index < len(rules) else None
-        rule_id = rule.get("id") if isinstance(rule, dict) else None
+        rule_id = (rule.get("id") or _auto_id(index)) if isinstance(rule, dict) else None
         where = f"rules[{index}]" + (f" (id {rule_id!r})" if rule_id else "") + ": "
         loc = loc[2:]
     field = ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(rule)"
@@ -221,12 +246,17 @@ def _list_covers(wide: list[Any] | None, narrow: list[Any] | None) -> bool:
         return True
     if narrow is None:
         return False
-    return all(any(_pattern_covers(str(w), str(n)) for w in wide) for n in narrow)
+    return all(any(_pattern_covers(w, n) for w in wide) for n in narrow)
 
 
-def _pattern_covers(pattern: str, value: str) -> bool:
+def _pattern_covers(pattern: Any, value: Any) -> bool:
+    """Whether ``pattern`` matches everything ``value`` (itself a pattern) matches; False when unsure."""
+    if not isinstance(pattern, str):  # a typed user_options value (1, true) matches only itself
+        return type(pattern) is type(value) and pattern == value
     if pattern == "*":
         return True
+    if not isinstance(value, str):  # a typed value is matched by a glob through its text, as in decide
+        return fnmatchcase(str(value), pattern)
     if any(ch in value for ch in "*?["):
         return pattern == value
     return fnmatchcase(value, pattern)
@@ -242,12 +272,17 @@ def policy_from_flags(
     cull_users: bool,
     cull_admin_users: bool,
 ) -> Policy:
-    """The policy that jupyterhub-idle-culler-style flags describe (0 max age means never)."""
+    """The policy that jupyterhub-idle-culler-style flags describe (0 max age means never).
+
+    ``--cull-default-servers=false`` / ``--cull-named-servers=false`` switch off the idle limit only: the
+    incumbent still stops such servers past ``--max-age`` and still deletes their inactive users, so the
+    rules say ``idle: never`` rather than ``exempt`` (which would also block max age and user deletion).
+    """
     rules: list[dict[str, Any]] = []
     if not cull_default_servers:
-        rules.append({"id": "flag-no-default-servers", "match": {"servers": [""]}, "exempt": True})
+        rules.append({"id": "flag-no-default-servers", "match": {"servers": [""]}, "idle": "never"})
     if not cull_named_servers:
-        rules.append({"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, "exempt": True})
+        rules.append({"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, "idle": "never"})
     raw: dict[str, Any] = {
         "version": 1,
         "defaults": {"idle": timeout, "max_age": max_age or "never", "remove_named_servers": remove_named_servers},
@@ -259,7 +294,18 @@ def policy_from_flags(
 
 
 def policy_schema() -> dict[str, Any]:
-    schema = Policy.model_json_schema()
+    schema = _never_for_infinity(Policy.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "jupyterhub-activity-culler policy"
     return schema
+
+
+def _never_for_infinity(node: Any) -> Any:
+    """JSON has no Infinity: a ``never`` default (``max_age``) is written as the string ``never``."""
+    if isinstance(node, dict):
+        return {key: _never_for_infinity(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_never_for_infinity(value) for value in node]
+    if isinstance(node, float) and math.isinf(node):
+        return "never"
+    return node

@@ -38,16 +38,16 @@ class PolicyStore:
         if self.path is None:
             return self.state
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except OSError as error:
             self._reject("unreadable", f"{self.path}: cannot read: {error.strerror or error}")
             return self.state
-        digest = policy_hash(text)
+        digest = policy_hash(data)
         if digest == self._seen:
             return self.state
         self._seen = digest
         try:
-            policy = parse_policy(text, str(self.path), self.plugins)
+            policy = parse_policy(_decode(data, self.path), str(self.path), self.plugins)
         except PolicyError as error:
             self._reject(digest, "; ".join(error.errors))
             return self.state
@@ -71,3 +71,10 @@ class PolicyStore:
         kept = f"keeping policy {self.state.hash}" if self.state.policy else "no valid policy: stopping nothing"
         event(log, logging.ERROR, "policy rejected", error=message, action=kept)
         self.state = PolicyState(self.state.policy, self.state.hash, self.state.source, message)
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PolicyError(str(path), [f"{path}: not UTF-8 text: {error.reason} at byte {error.start}"]) from error

@@ -101,8 +101,12 @@ def _server(user: str, admin: bool, groups: tuple[str, ...] | None, key: str, mo
 
 
 def user_of(model: object) -> UserSnapshot:
+    """A user, for deletion. Raises ``SnapshotError`` when the model cannot say whether servers are running."""
     name = _user_name(model)
     assert isinstance(model, dict)
+    if not isinstance(model.get("servers"), dict):
+        # without the map, "no servers" and "servers unknown" look alike: never guess towards deletion
+        raise SnapshotError(f"user {name!r} has no 'servers' map: does the token have the read:servers scope?")
     try:
         return UserSnapshot(
             name=name,

@@ -24,6 +24,13 @@ _SNIPPET_ONLY = {"CULLER_SERVICE_NAME", "CULLER_SERVICE_PORT", "CULLER_DRY_RUN",
 _passed_on = {k: v for k, v in os.environ.items() if k.startswith("CULLER_") and k not in _SNIPPET_ONLY}
 _passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
 
+# JupyterHub 6 hands a managed service none of its own environment (Spawner.env_keep is only
+# JUPYTERHUB_SINGLEUSER_APP): pass on what finding packages and decoding text needs, so that policy
+# plugins importable by the hub (PYTHONPATH, a virtualenv) are importable by the service too.
+for _key in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "TZ"):
+    if _key in os.environ:
+        _passed_on.setdefault(_key, os.environ[_key])
+
 _command = [os.environ.get("CULLER_PYTHON", sys.executable), "-m", "culler"]
 if "CULLER_POLICY" not in _passed_on:
     _passed_on["CULLER_POLICY"] = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "default.yaml")
@@ -46,7 +53,8 @@ if _delete_users:
 c.JupyterHub.load_roles.append({"name": f"{_name}-service", "scopes": _scopes, "services": [_name]})
 
 # Let every user reach the service's pages (their countdown); `self` keeps the default user role intact.
-_user_role = next((r for r in c.JupyterHub.load_roles if r.get("name") == "user"), None)
+_roles = c.JupyterHub.load_roles  # a lazy value (not a list) while nothing earlier set it
+_user_role = next((r for r in _roles if r.get("name") == "user"), None) if isinstance(_roles, list) else None
 if _user_role is None:
     c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", f"access:services!service={_name}"]})
 else:
