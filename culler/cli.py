@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -18,11 +19,20 @@ from culler import __version__
 from culler.app import Service, cycle_options, make_hub
 from culler.cycle import Culler
 from culler.decide import Decision, evaluate
+from culler.durations import format_duration
 from culler.explain import changes, changes_table, describe, explain_table
 from culler.hub import HubClient, HubError
 from culler.logs import setup_logging
 from culler.plugins import installed_plugins
-from culler.policy import Policy, PolicyError, load_policy, policy_from_flags, policy_schema, shadowed_rules
+from culler.policy import (
+    Policy,
+    PolicyError,
+    load_policy,
+    policy_from_flags,
+    policy_hash,
+    policy_schema,
+    shadowed_rules,
+)
 from culler.policy_store import PolicyStore
 from culler.settings import DEFAULT_TIMEOUT, Settings
 from culler.snapshot import ServerSnapshot, SnapshotError, servers_of
@@ -200,7 +210,8 @@ def check_policies(files: Sequence[Path]) -> int:
             continue
         for warning in shadowed_rules(policy):
             print(f"warning: {path}: {warning}", file=sys.stderr)
-        print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {policy.defaults.idle:g}s")
+        idle = format_duration(None if math.isinf(policy.defaults.idle) else policy.defaults.idle)
+        print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {idle}, hash {policy_hash(path.read_bytes())}")
     return 1 if failed else 0
 
 

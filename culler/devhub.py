@@ -243,7 +243,7 @@ c.JupyterHub.services = [{{"name": "devhub-admin", "api_token": {self.admin_toke
 c.JupyterHub.load_roles = [{{
     "name": "devhub-admin",
     "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens", "read:metrics", "list:services",
-               "read:services", "access:servers"],
+               "read:services", "read:roles", "access:servers"],
     "services": ["devhub-admin"],
 }}]
 {self.extra_config}

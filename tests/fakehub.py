@@ -23,6 +23,7 @@ TOKEN = "fake-hub-token-1234567890"
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 API = "/hub/api"
 _UNSET: Any = object()
+BODY_KEY = web.RequestKey("body", object)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -235,7 +236,7 @@ class FakeHub:
             time.monotonic(),
         )
         self.requests.append(record)
-        request["body"] = body
+        request[BODY_KEY] = body
         self.in_flight[request.method] += 1
         self.max_in_flight[request.method] = max(self.max_in_flight[request.method], self.in_flight[request.method])
         try:
@@ -347,7 +348,7 @@ class FakeHub:
             if server:
                 return web.json_response({"status": 404, "message": f"{user} has no server {server!r}"}, status=404)
             return web.json_response({"status": 400, "message": f"{user}'s server is not running"}, status=400)
-        body = request.get("body")
+        body = request.get(BODY_KEY)
         if bool(server) and isinstance(body, dict) and body.get("remove"):
             self.removed.append((user, server))
         if (user, server) in self._stops:

@@ -1,0 +1,321 @@
+"""Cull cycles against a fake hub: what gets stopped, and what does not when the hub misbehaves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from fakehub import API, FakeHub
+
+from culler.cycle import Culler, CycleOptions, Result
+from culler.hub import HubClient
+from culler.policy import Policy
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+USERS = API + "/users"
+POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})
+
+CullerFactory = Callable[..., Culler]
+
+
+def ago(**delta: float) -> datetime:
+    return NOW - timedelta(**delta)
+
+
+def not_first_page(request: Any) -> bool:
+    return int(request.query.get("offset", 0)) > 0
+
+
+@pytest.fixture
+def fake() -> FakeHub:
+    return FakeHub()
+
+
+@pytest.fixture
+async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[CullerFactory]:
+    server = await aiohttp_server(fake.make_app())
+    clients: list[HubClient] = []
+
+    def factory(*, concurrency: int = 10, page_size: int = 0, request_timeout: float = 5.0, **options: Any) -> Culler:
+        client = HubClient(
+            str(server.make_url(API)),
+            fake.token,
+            concurrency=concurrency,
+            page_size=page_size,
+            request_timeout=request_timeout,
+            retries=2,
+            backoff=0.01,
+            max_backoff=0.02,
+        )
+        clients.append(client)
+        defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
+        return Culler(client, CycleOptions(**{**defaults, **options}), clock=lambda: NOW)
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+def idle_users(fake: FakeHub, count: int, *, hours: float = 2, prefix: str = "idle") -> list[str]:
+    names = [f"{prefix}{i:02d}" for i in range(count)]
+    for name in names:
+        fake.add_server(name, last_activity=ago(hours=hours))
+    return names
+
+
+async def test_idle_servers_stop_and_active_ones_stay(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("alice", last_activity=ago(hours=2))
+    fake.add_server("alice", "lab", last_activity=ago(hours=3))
+    fake.add_server("bob", last_activity=ago(minutes=10))
+    fake.add_server("carol", last_activity=None, started=ago(hours=5))  # never reported: counts from start
+    fake.add_server("dave", last_activity=NOW + timedelta(hours=1))  # clock skew: active now
+    report = await make_culler().run(POLICY)
+    assert report.ok
+    assert report.results == {"alice/": Result.STOPPED, "alice/lab": Result.STOPPED, "carol/": Result.STOPPED}
+    assert sorted(fake.deleted_servers()) == [("alice", ""), ("alice", "lab"), ("carol", "")]
+    assert fake.running("bob") and fake.running("dave")
+
+
+async def test_pending_servers_are_not_touched(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("spawning", last_activity=ago(hours=5), pending="spawn", ready=False)
+    report = await make_culler().run(POLICY)
+    assert report.results == {}
+    assert fake.deletes == []
+
+
+async def test_a_page_failing_mid_listing_means_no_stops(fake: FakeHub, make_culler: CullerFactory) -> None:
+    idle_users(fake, 5)
+    fake.fail("GET", USERS, status=500, times=-1, when=not_first_page)
+    report = await make_culler(page_size=2).run(POLICY)
+    assert report.error is not None and "listing users failed" in report.error
+    assert report.results == {}
+    assert fake.deletes == []
+    assert len(fake.calls("GET", USERS)) == 1 + 3  # first page, then the second page tried 3 times
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 500},
+        {"status": 503, "headers": {"Retry-After": "0"}},
+        {"status": None, "delay": 0.6},  # longer than the client's timeout
+        {"status": 200, "body": "<html>Bad gateway</html>"},
+        {"status": 200, "json": {"unexpected": "shape"}},
+        {"status": None, "drop": True},
+    ],
+    ids=["500", "503", "timeout", "garbage", "wrong-shape", "dropped"],
+)
+async def test_listing_failures_mean_no_stops_until_the_hub_recovers(
+    fake: FakeHub, make_culler: CullerFactory, fault: dict[str, Any]
+) -> None:
+    names = idle_users(fake, 3)
+    fake.fail("GET", USERS, times=-1, **fault)
+    culler = make_culler(request_timeout=0.3)
+    report = await culler.run(POLICY)
+    assert not report.ok
+    assert report.results == {}
+    assert fake.deletes == []
+
+    fake.faults.clear()  # the hub recovers
+    report = await culler.run(POLICY)
+    assert report.ok
+    assert report.results == {f"{name}/": Result.STOPPED for name in names}
+
+
+async def test_a_malformed_user_model_skips_only_that_user(fake: FakeHub, make_culler: CullerFactory) -> None:
+    names = idle_users(fake, 3)
+    fake.add_server("broken-time", last_activity=ago(hours=5))
+    fake.users["broken-time"]["servers"][""]["last_activity"] = "last tuesday"
+    fake.add_user("no-servers-map", last_activity=ago(hours=5))
+    fake.add_server("no-servers-map", last_activity=ago(hours=5))
+    fake.users["no-servers-map"]["servers"] = ["not", "a", "map"]
+    report = await make_culler().run(POLICY)
+    assert report.ok
+    assert report.skipped_users == 1  # the list-shaped one is not even listed as ready by the fake
+    assert sorted(report.results) == [f"{name}/" for name in names]
+    assert ("broken-time", "") not in fake.deleted_servers()
+
+
+async def test_a_malformed_user_in_the_listing_body_skips_only_that_user(
+    fake: FakeHub, make_culler: CullerFactory
+) -> None:
+    names = idle_users(fake, 2)
+    good = [fake.users[name] for name in names]
+    items = [*good, "not a user", {"name": "x", "servers": {"": "not a server"}}, {"servers": {}}]
+    page = {"items": items, "_pagination": {"offset": 0, "limit": 50, "total": len(items), "next": None}}
+    fake.fail("GET", USERS, status=200, json=page)
+    report = await make_culler().run(POLICY)
+    assert report.ok
+    assert report.skipped_users == 3
+    assert sorted(fake.deleted_servers()) == [(name, "") for name in names]
+
+
+async def test_202_followed_up_until_stopped(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("slow", last_activity=ago(hours=2))
+    fake.slow_stops[("slow", "")] = 0.3
+    report = await make_culler(follow_up_interval=0.05, follow_up_timeout=5.0).run(POLICY)
+    assert report.results == {"slow/": Result.STOPPED}
+    assert len(fake.calls("GET", USERS + "/slow")) >= 2  # it asked until the hub said stopped
+    assert not fake.running("slow")
+
+
+async def test_202_that_never_completes_is_slow(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("stuck", last_activity=ago(hours=2))
+    fake.slow_stops[("stuck", "")] = float("inf")
+    report = await make_culler(follow_up_interval=0.05, follow_up_timeout=0.3).run(POLICY)
+    assert report.results == {"stuck/": Result.SLOW}
+    assert fake.users["stuck"]["servers"][""]["pending"] == "stop"
+    assert len(fake.deletes) == 1
+
+
+@pytest.mark.parametrize("status", [400, 404])
+async def test_already_gone_servers(fake: FakeHub, make_culler: CullerFactory, status: int) -> None:
+    fake.add_server("gone", last_activity=ago(hours=2))
+    fake.fail("DELETE", USERS + "/gone/server", status=status)
+    report = await make_culler().run(POLICY)
+    assert report.results == {"gone/": Result.GONE}
+    assert len(fake.deletes) == 1
+
+
+async def test_one_failing_stop_fails_only_that_server(fake: FakeHub, make_culler: CullerFactory) -> None:
+    names = idle_users(fake, 4)
+    fake.fail("DELETE", USERS + f"/{names[1]}/server", status=500, times=-1)
+    report = await make_culler().run(POLICY)
+    assert report.ok
+    assert report.results == {f"{name}/": Result.FAILED if name == names[1] else Result.STOPPED for name in names}
+    assert fake.running(names[1])
+    assert not any(fake.running(name) for name in names if name != names[1])
+
+
+async def test_stops_across_users_run_concurrently(fake: FakeHub, make_culler: CullerFactory) -> None:
+    names = idle_users(fake, 10)
+    fake.stop_delay = 0.5
+    report = await make_culler(concurrency=10).run(POLICY)
+    assert report.counts() == {Result.STOPPED: 10}
+    assert fake.max_in_flight["DELETE"] >= 5
+    assert not any(fake.running(name) for name in names)
+
+
+async def test_concurrency_cap_is_respected(fake: FakeHub, make_culler: CullerFactory) -> None:
+    idle_users(fake, 12)
+    fake.stop_delay = 0.1
+    report = await make_culler(concurrency=3).run(POLICY)
+    assert report.counts() == {Result.STOPPED: 12}
+    assert 2 <= fake.max_in_flight["DELETE"] <= 3
+
+
+async def test_mass_stop_guard_stops_only_the_longest_idle(fake: FakeHub, make_culler: CullerFactory) -> None:
+    for i in range(30):
+        fake.add_server(f"due{i:02d}", last_activity=ago(hours=2 + i))  # due29 is the longest idle
+    for i in range(10):
+        fake.add_server(f"busy{i:02d}", last_activity=ago(minutes=5))
+    report = await make_culler(max_stops=5, max_stop_fraction=0.5).run(POLICY)
+    assert report.guard is not None and report.guard.tripped
+    assert len(fake.deletes) == 5
+    assert sorted(user for user, _ in fake.deleted_servers()) == [f"due{i}" for i in range(25, 30)]
+    counts = report.counts()
+    assert counts == {Result.STOPPED: 5, Result.HELD: 25}
+    assert all(report.results[f"due{i:02d}/"] is Result.HELD for i in range(25))
+
+
+async def test_dry_run_stops_nothing(fake: FakeHub, make_culler: CullerFactory) -> None:
+    names = idle_users(fake, 3)
+    fake.add_server("active", last_activity=ago(minutes=1))
+    report = await make_culler(dry_run=True).run(POLICY)
+    assert report.results == {f"{name}/": Result.WOULD_STOP for name in names}
+    assert fake.deletes == []
+
+
+async def test_dry_run_deletes_no_users(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_user("ancient", last_activity=ago(days=90))
+    policy = Policy.model_validate({"version": 1, "users": {"delete_inactive_after": "30d"}})
+    report = await make_culler(dry_run=True).run(policy)
+    assert report.users_deleted == []
+    assert fake.deletes == []
+
+
+async def test_named_servers_removed_when_the_policy_says(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("alice", "lab", last_activity=ago(hours=2))
+    fake.add_server("alice", last_activity=ago(hours=2))
+    policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h", "remove_named_servers": True}})
+    await make_culler().run(policy)
+    assert fake.removed == [("alice", "lab")]
+    assert {r.path: r.body for r in fake.deletes} == {
+        USERS + "/alice/servers/lab": {"remove": True},
+        USERS + "/alice/server": None,
+    }
+
+
+async def test_user_deletion_deletes_only_eligible_inactive_users(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_user("ancient", last_activity=ago(days=90))
+    fake.add_user("recent", last_activity=ago(days=3))
+    fake.add_user("ancient-admin", admin=True, last_activity=ago(days=90))
+    fake.add_user("never-seen", last_activity=None, created=ago(days=60))
+    fake.add_user("protected", groups=["staff"], last_activity=ago(days=90))
+    fake.add_server("running", last_activity=ago(minutes=1))
+    fake.users["running"]["last_activity"] = "2020-01-01T00:00:00Z"
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "users": {"delete_inactive_after": "30d"},
+            "rules": [{"id": "staff", "match": {"groups": ["staff"]}, "exempt": True}],
+        }
+    )
+    report = await make_culler().run(policy)
+    assert sorted(report.users_deleted) == ["ancient", "never-seen"]
+    assert sorted(r.path for r in fake.deletes) == [USERS + "/ancient", USERS + "/never-seen"]
+    assert {"recent", "ancient-admin", "protected", "running"} <= set(fake.users)
+    assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]
+
+
+async def test_no_user_deletion_without_a_users_section(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_user("ancient", last_activity=ago(days=900))
+    await make_culler().run(POLICY)
+    assert fake.deletes == []
+    assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready"]
+
+
+async def test_stopping_set_before_the_cycle_sends_nothing(fake: FakeHub, make_culler: CullerFactory) -> None:
+    idle_users(fake, 3)
+    fake.add_user("ancient", last_activity=ago(days=90))
+    culler = make_culler()
+    culler.stopping.set()
+    policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
+    report = await culler.run(policy)
+    assert report.counts() == {Result.INTERRUPTED: 3}
+    assert fake.deletes == []
+
+
+async def test_stopping_mid_cycle_sends_no_new_deletes(fake: FakeHub, make_culler: CullerFactory) -> None:
+    names = idle_users(fake, 6)
+    fake.stop_delay = 0.3
+    culler = make_culler(concurrency=1)
+    task = asyncio.create_task(culler.run(POLICY))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not fake.deletes:
+        assert loop.time() < deadline, "no DELETE arrived"
+        await asyncio.sleep(0.01)
+    culler.stopping.set()
+    report = await asyncio.wait_for(task, 5)
+    assert len(fake.deletes) == 1  # the one in flight; the five queued behind the limit were never sent
+    assert report.counts() == {Result.STOPPED: 1, Result.INTERRUPTED: 5}
+    assert sum(fake.running(name) for name in names) == 5
+
+
+async def test_stopping_ends_follow_ups(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("stuck", last_activity=ago(hours=2))
+    fake.slow_stops[("stuck", "")] = float("inf")
+    culler = make_culler(follow_up_interval=0.05, follow_up_timeout=60)
+    task = asyncio.create_task(culler.run(POLICY))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not fake.deletes:
+        assert loop.time() < deadline, "no DELETE arrived"
+        await asyncio.sleep(0.01)
+    culler.stopping.set()
+    report = await asyncio.wait_for(task, 5)
+    assert report.results == {"stuck/": Result.SLOW}
