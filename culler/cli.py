@@ -119,8 +119,11 @@ def settings_from(values: dict[str, Any]) -> Settings:
             "its rules from a YAML policy file instead (--policy FILE; start from policies/default.yaml) "
             "and its settings from flags or CULLER_* environment variables"
         )
+    secrets_dir = os.environ.get("CULLER_SECRETS_DIR")  # e.g. a mounted Kubernetes Secret
+    if secrets_dir and not Path(secrets_dir).is_dir():
+        raise UsageError(f"CULLER_SECRETS_DIR {secrets_dir!r} is not a directory")
     try:
-        return Settings(**values)
+        return Settings(_secrets_dir=secrets_dir, **values)
     except ValidationError as error:
         problems = [f"{_flag(str(e['loc'][0])) if e['loc'] else ''}: {e['msg']}" for e in error.errors()]
         raise UsageError("invalid setting " + "; ".join(problems)) from error
