@@ -67,6 +67,12 @@ class Service:
             log.exception("cycle crashed")
             self.health.record(started, f"cycle crashed: {type(error).__name__}: {error}")
             return None
+        except asyncio.CancelledError:
+            if not self.culler.stopping.is_set():
+                raise
+            # Cancelled by _finish_cycle after shutdown_timeout: expected, not a job failure to log.
+            event(log, logging.WARNING, "cycle cancelled at shutdown", after=f"{self.settings.shutdown_timeout:g}s")
+            return None
         self.health.record(report.started, report.error)
         return report
 
@@ -90,12 +96,16 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        await self.refresh_policy()  # so that health speaks of the policy from the first request
         runner = await self._start_web()
         scheduler = self._start_scheduler()
         await stop.wait()
         event(log, logging.INFO, "shutting down")
-        scheduler.shutdown(wait=False)
+        # Pause, not shut down, first: APScheduler's asyncio executor cancels running jobs at shutdown,
+        # which would cut the in-flight stops short instead of letting them finish.
+        scheduler.pause()
         await self._finish_cycle()
+        scheduler.shutdown(wait=False)
         await runner.cleanup()
         await self.culler.hub.close()
         event(log, logging.INFO, "stopped")

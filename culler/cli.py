@@ -144,8 +144,9 @@ def flags_policy(settings: Settings) -> Policy:
         value = getattr(settings, name)
         return default if value is None else bool(value)
 
+    timeout = DEFAULT_TIMEOUT if settings.timeout is None else settings.timeout or math.inf  # 0: never idle-stop
     return policy_from_flags(
-        timeout=settings.timeout or DEFAULT_TIMEOUT,
+        timeout=timeout,
         max_age=settings.max_age or 0,
         cull_default_servers=flag("cull_default_servers", True),
         cull_named_servers=flag("cull_named_servers", True),

@@ -213,9 +213,17 @@ def evaluate_user(policy: Policy, user: UserSnapshot, now: datetime) -> UserDeci
 
 
 def _exempting_rule(policy: Policy, probe: ServerSnapshot) -> str | None:
-    """The id of an exempt rule that may cover this user, or of any rule we cannot evaluate."""
+    """The id of an exempt (or plugin) rule that covers this user, or of any rule we cannot evaluate.
+
+    A rule covers a user when its match depends only on who the user is (users, groups, admin): a rule
+    about some servers (``servers``, ``user_options``), such as the one ``--cull-default-servers=false``
+    makes, protects those servers, not the account.
+    """
     for rule in policy.rules:
-        matched = match(rule.match, probe)
+        criteria = rule.match
+        if criteria is not None and (criteria.servers is not None or criteria.user_options is not None):
+            continue
+        matched = match(criteria, probe)
         if matched is None or (matched and (rule.exempt or rule.plugin)):
             return rule.id
     return None

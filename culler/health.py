@@ -26,7 +26,8 @@ class Health:
         if policy_error:
             body["policy_error"] = policy_error
         if not has_policy:
-            return False, {**body, "status": "unavailable", "reason": f"no valid policy: {policy_error}"}
+            why = policy_error or "not read yet"
+            return False, {**body, "status": "unavailable", "reason": f"no valid policy: {why}"}
         if self.cycles == 0:
             return True, {**body, "status": "starting"}
         fresh = self.last_success is not None and (now - self.last_success).total_seconds() <= 3 * self.interval

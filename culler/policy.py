@@ -274,15 +274,13 @@ def policy_from_flags(
 ) -> Policy:
     """The policy that jupyterhub-idle-culler-style flags describe (0 max age means never).
 
-    ``--cull-default-servers=false`` / ``--cull-named-servers=false`` switch off the idle limit only: the
-    incumbent still stops such servers past ``--max-age`` and still deletes their inactive users, so the
-    rules say ``idle: never`` rather than ``exempt`` (which would also block max age and user deletion).
+    Unlike the incumbent, ``--cull-*-servers=false`` also protects from ``--max-age`` (exempt rules).
     """
     rules: list[dict[str, Any]] = []
     if not cull_default_servers:
-        rules.append({"id": "flag-no-default-servers", "match": {"servers": [""]}, "idle": "never"})
+        rules.append({"id": "flag-no-default-servers", "match": {"servers": [""]}, "exempt": True})
     if not cull_named_servers:
-        rules.append({"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, "idle": "never"})
+        rules.append({"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, "exempt": True})
     raw: dict[str, Any] = {
         "version": 1,
         "defaults": {"idle": timeout, "max_age": max_age or "never", "remove_named_servers": remove_named_servers},

@@ -36,7 +36,7 @@ Seconds = Annotated[float, BeforeValidator(_seconds_or_none)]
 
 
 def _env(name: str, *extra: str) -> AliasChoices:
-    return AliasChoices(name, f"CULLER_{name.upper()}", *extra)
+    return AliasChoices(f"CULLER_{name.upper()}", *extra)
 
 
 class Settings(BaseSettings):

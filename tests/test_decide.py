@@ -114,36 +114,86 @@ def test_match_keys(criteria, overrides, matches):
         pytest.param(policy(idle="3h"), {}, Action.KEEP, "default", id="defaults-keep"),
         pytest.param(policy(idle="1h"), {}, Action.STOP, "default", id="defaults-stop"),
         pytest.param(policy(idle="2h"), {}, Action.STOP, "default", id="idle-exactly-at-limit"),
-        pytest.param(policy(idle="2h"), {"last_activity": ago(hours=2) + timedelta(seconds=1)}, Action.KEEP,
-                     "default", id="idle-a-second-under"),
+        pytest.param(
+            policy(idle="2h"),
+            {"last_activity": ago(hours=2) + timedelta(seconds=1)},
+            Action.KEEP,
+            "default",
+            id="idle-a-second-under",
+        ),
         pytest.param(policy(idle="7d"), {}, Action.KEEP, "default", id="documented-default-7d"),
         pytest.param(policy(idle="never"), {"last_activity": ago(weeks=500)}, Action.KEEP, "default", id="never"),
-        pytest.param(policy({"id": "a", "idle": "1h"}, {"id": "b", "idle": "never"}), {}, Action.STOP, "a",
-                     id="first-rule-wins"),
-        pytest.param(policy({"id": "b", "idle": "never"}, {"id": "a", "idle": "1h"}), {}, Action.KEEP, "b",
-                     id="first-rule-wins-reversed"),
-        pytest.param(policy({"id": "miss", "match": {"users": ["bob"]}, "idle": "never"}, {"id": "hit", "idle": "1h"}),
-                     {}, Action.STOP, "hit", id="non-matching-rule-skipped"),
-        pytest.param(policy({"id": "age", "max_age": "30d"}, idle="1h"), {}, Action.STOP, "age",
-                     id="idle-from-defaults"),
-        pytest.param(policy({"id": "idle", "idle": "3h"}, max_age="12h"), {}, Action.STOP, "idle",
-                     id="max-age-from-defaults"),
-        pytest.param(policy(idle="7d", max_age="12h"), {"last_activity": ago(seconds=5)}, Action.STOP, "default",
-                     id="max-age-stops-active-server"),
-        pytest.param(policy(idle="7d", max_age="1d"), {"last_activity": NOW}, Action.STOP, "default",
-                     id="max-age-exactly"),
-        pytest.param(policy({"id": "vip", "exempt": True}, idle="1s", max_age="1s"), {}, Action.EXEMPT, "vip",
-                     id="exempt-beats-idle-and-max-age"),
-        pytest.param(policy({"id": "vip", "exempt": True, "idle": "1s"}), {}, Action.EXEMPT, "vip",
-                     id="exempt-beats-own-idle"),
-        pytest.param(policy(idle="3h"), {"last_activity": None, "started": ago(hours=4)}, Action.STOP, "default",
-                     id="no-activity-falls-back-to-started"),
-        pytest.param(policy(idle="5h"), {"last_activity": None, "started": ago(hours=4)}, Action.KEEP, "default",
-                     id="no-activity-started-recently"),
-        pytest.param(policy(idle="0s"), {"last_activity": NOW + timedelta(hours=1)}, Action.STOP, "default",
-                     id="zero-limit-stops-even-future"),
-        pytest.param(policy(idle="1s", max_age="never"), {"last_activity": NOW + timedelta(days=3)}, Action.KEEP,
-                     "default", id="future-activity-is-active"),
+        pytest.param(
+            policy({"id": "a", "idle": "1h"}, {"id": "b", "idle": "never"}), {}, Action.STOP, "a", id="first-rule-wins"
+        ),
+        pytest.param(
+            policy({"id": "b", "idle": "never"}, {"id": "a", "idle": "1h"}),
+            {},
+            Action.KEEP,
+            "b",
+            id="first-rule-wins-reversed",
+        ),
+        pytest.param(
+            policy({"id": "miss", "match": {"users": ["bob"]}, "idle": "never"}, {"id": "hit", "idle": "1h"}),
+            {},
+            Action.STOP,
+            "hit",
+            id="non-matching-rule-skipped",
+        ),
+        pytest.param(
+            policy({"id": "age", "max_age": "30d"}, idle="1h"), {}, Action.STOP, "age", id="idle-from-defaults"
+        ),
+        pytest.param(
+            policy({"id": "idle", "idle": "3h"}, max_age="12h"), {}, Action.STOP, "idle", id="max-age-from-defaults"
+        ),
+        pytest.param(
+            policy(idle="7d", max_age="12h"),
+            {"last_activity": ago(seconds=5)},
+            Action.STOP,
+            "default",
+            id="max-age-stops-active-server",
+        ),
+        pytest.param(
+            policy(idle="7d", max_age="1d"), {"last_activity": NOW}, Action.STOP, "default", id="max-age-exactly"
+        ),
+        pytest.param(
+            policy({"id": "vip", "exempt": True}, idle="1s", max_age="1s"),
+            {},
+            Action.EXEMPT,
+            "vip",
+            id="exempt-beats-idle-and-max-age",
+        ),
+        pytest.param(
+            policy({"id": "vip", "exempt": True, "idle": "1s"}), {}, Action.EXEMPT, "vip", id="exempt-beats-own-idle"
+        ),
+        pytest.param(
+            policy(idle="3h"),
+            {"last_activity": None, "started": ago(hours=4)},
+            Action.STOP,
+            "default",
+            id="no-activity-falls-back-to-started",
+        ),
+        pytest.param(
+            policy(idle="5h"),
+            {"last_activity": None, "started": ago(hours=4)},
+            Action.KEEP,
+            "default",
+            id="no-activity-started-recently",
+        ),
+        pytest.param(
+            policy(idle="0s"),
+            {"last_activity": NOW + timedelta(hours=1)},
+            Action.STOP,
+            "default",
+            id="zero-limit-stops-even-future",
+        ),
+        pytest.param(
+            policy(idle="1s", max_age="never"),
+            {"last_activity": NOW + timedelta(days=3)},
+            Action.KEEP,
+            "default",
+            id="future-activity-is-active",
+        ),
         pytest.param(policy(idle="1s"), {"pending": "spawn"}, Action.SKIP, "-", id="pending-spawn"),
         pytest.param(policy(idle="1s"), {"pending": "stop", "ready": False}, Action.SKIP, "-", id="pending-stop"),
         pytest.param(policy(idle="1s"), {"ready": False}, Action.SKIP, "-", id="not-ready"),
@@ -192,8 +242,12 @@ def test_neither_activity_nor_start_is_kept_with_error():
         pytest.param({"idle": "7d", "max_age": "30h"}, {}, ago(days=1) + timedelta(hours=30), id="max-age-earlier"),
         pytest.param({"idle": "never"}, {}, None, id="never"),
         pytest.param({"idle": "never", "max_age": "2d"}, {}, ago(days=1) + timedelta(days=2), id="only-max-age"),
-        pytest.param({"idle": "3h", "max_age": "1h"}, {"started": None}, ago(hours=2) + timedelta(hours=3),
-                     id="no-start-no-max-age"),
+        pytest.param(
+            {"idle": "3h", "max_age": "1h"},
+            {"started": None},
+            ago(hours=2) + timedelta(hours=3),
+            id="no-start-no-max-age",
+        ),
     ],
 )
 def test_keep_stop_at(defaults, overrides, stop_at):
@@ -215,10 +269,18 @@ def test_unknown_groups_under_a_group_rule_keep_with_error():
 @pytest.mark.parametrize(
     ("rules", "action", "rule_id"),
     [
-        pytest.param([{"id": "first", "idle": "1h"}, {"id": "g", "match": {"groups": ["x"]}}], Action.STOP, "first",
-                     id="earlier-rule-decides"),
-        pytest.param([{"id": "g", "match": {"groups": ["x"], "users": ["bob"]}}], Action.STOP, "default",
-                     id="other-keys-rule-it-out"),
+        pytest.param(
+            [{"id": "first", "idle": "1h"}, {"id": "g", "match": {"groups": ["x"]}}],
+            Action.STOP,
+            "first",
+            id="earlier-rule-decides",
+        ),
+        pytest.param(
+            [{"id": "g", "match": {"groups": ["x"], "users": ["bob"]}}],
+            Action.STOP,
+            "default",
+            id="other-keys-rule-it-out",
+        ),
     ],
 )
 def test_unknown_groups_do_not_matter_when_not_needed(rules, action, rule_id):
@@ -362,21 +424,70 @@ DELETE_90D = {"delete_inactive_after": "90d"}
         pytest.param(policy(users=DELETE_90D), {"admin": True}, False, id="admin"),
         pytest.param(policy(users=DELETE_90D | {"include_admins": True}), {"admin": True}, True, id="admin-included"),
         pytest.param(policy(users=DELETE_90D), {"last_activity": None}, True, id="falls-back-to-created"),
-        pytest.param(policy(users=DELETE_90D), {"last_activity": None, "created": ago(days=10)}, False,
-                     id="created-recently"),
+        pytest.param(
+            policy(users=DELETE_90D), {"last_activity": None, "created": ago(days=10)}, False, id="created-recently"
+        ),
         pytest.param(policy(users=DELETE_90D), {"last_activity": None, "created": None}, False, id="no-times"),
         pytest.param(policy(users={"delete_inactive_after": "never"}), {}, False, id="never"),
-        pytest.param(policy({"id": "vip", "match": {"users": ["alice"]}, "exempt": True}, users=DELETE_90D), {},
-                     False, id="exempt-rule"),
-        pytest.param(policy({"id": "vip", "match": {"users": ["bob"]}, "exempt": True}, users=DELETE_90D), {},
-                     True, id="exempt-rule-for-others"),
-        pytest.param(policy({"id": "st", "match": {"groups": ["staff"]}, "exempt": True}, users=DELETE_90D),
-                     {"groups": ("staff",)}, False, id="exempt-group"),
-        pytest.param(policy({"id": "st", "match": {"groups": ["staff"]}, "exempt": True}, users=DELETE_90D),
-                     {"groups": None}, False, id="groups-unknown"),
-        pytest.param(policy({"id": "short", "match": {"users": ["alice"]}, "idle": "1h"}, users=DELETE_90D), {},
-                     True, id="non-exempt-rule"),
+        pytest.param(
+            policy({"id": "vip", "match": {"users": ["alice"]}, "exempt": True}, users=DELETE_90D),
+            {},
+            False,
+            id="exempt-rule",
+        ),
+        pytest.param(
+            policy({"id": "vip", "match": {"users": ["bob"]}, "exempt": True}, users=DELETE_90D),
+            {},
+            True,
+            id="exempt-rule-for-others",
+        ),
+        pytest.param(
+            policy({"id": "st", "match": {"groups": ["staff"]}, "exempt": True}, users=DELETE_90D),
+            {"groups": ("staff",)},
+            False,
+            id="exempt-group",
+        ),
+        pytest.param(
+            policy({"id": "st", "match": {"groups": ["staff"]}, "exempt": True}, users=DELETE_90D),
+            {"groups": None},
+            False,
+            id="groups-unknown",
+        ),
+        pytest.param(
+            policy({"id": "short", "match": {"users": ["alice"]}, "idle": "1h"}, users=DELETE_90D),
+            {},
+            True,
+            id="non-exempt-rule",
+        ),
         pytest.param(policy({"id": "p", "plugin": "x"}, users=DELETE_90D), {}, False, id="plugin-rule-may-keep"),
+        pytest.param(
+            policy({"id": "p", "plugin": "x", "match": {"users": ["bob"]}}, users=DELETE_90D),
+            {},
+            True,
+            id="plugin-rule-for-others",
+        ),
+        # a rule about some servers protects those servers, not the account
+        pytest.param(
+            policy({"id": "d", "match": {"servers": [""]}, "exempt": True}, users=DELETE_90D),
+            {},
+            True,
+            id="exempt-default-servers",
+        ),
+        pytest.param(
+            policy(
+                {"id": "g", "match": {"users": ["alice"], "user_options": {"gpu": "*"}}, "exempt": True},
+                users=DELETE_90D,
+            ),
+            {},
+            True,
+            id="exempt-gpu-servers",
+        ),
+        pytest.param(
+            policy({"id": "d", "match": {"servers": [""], "groups": ["x"]}, "exempt": True}, users=DELETE_90D),
+            {"groups": None},
+            True,
+            id="server-rule-groups-unknown",
+        ),
     ],
 )
 def test_evaluate_user(the_policy, overrides, delete):
@@ -407,16 +518,21 @@ INCUMBENT = {
     [
         pytest.param({}, {}, Action.STOP, id="timeout"),
         pytest.param({"timeout": 3 * 3600}, {}, Action.KEEP, id="within-timeout"),
-        pytest.param({"cull_default_servers": False}, {}, Action.KEEP, id="default-servers-off"),
+        pytest.param({"cull_default_servers": False}, {}, Action.EXEMPT, id="default-servers-off"),
         pytest.param({"cull_default_servers": False}, {"name": "nb"}, Action.STOP, id="default-off-named-on"),
-        pytest.param({"cull_named_servers": False}, {"name": "nb"}, Action.KEEP, id="named-servers-off"),
+        pytest.param({"cull_named_servers": False}, {"name": "nb"}, Action.EXEMPT, id="named-servers-off"),
         pytest.param({"cull_named_servers": False}, {}, Action.STOP, id="named-off-default-on"),
-        # jupyterhub-idle-culler checks max age "regardless of the server-kind flags"
-        pytest.param({"cull_default_servers": False, "max_age": 12 * 3600}, {}, Action.STOP, id="max-age-beats-kind"),
-        pytest.param({"cull_named_servers": False, "max_age": 12 * 3600}, {"name": "nb"}, Action.STOP,
-                     id="max-age-beats-named-kind"),
-        pytest.param({"timeout": 3 * 3600, "max_age": 12 * 3600}, {"last_activity": NOW}, Action.STOP,
-                     id="max-age-active"),
+        # unlike jupyterhub-idle-culler (README: "never overrides --cull-*-servers=false")
+        pytest.param({"cull_default_servers": False, "max_age": 12 * 3600}, {}, Action.EXEMPT, id="kind-beats-age"),
+        pytest.param(
+            {"cull_named_servers": False, "max_age": 12 * 3600},
+            {"name": "nb"},
+            Action.EXEMPT,
+            id="named-kind-beats-age",
+        ),
+        pytest.param(
+            {"timeout": 3 * 3600, "max_age": 12 * 3600}, {"last_activity": NOW}, Action.STOP, id="max-age-active"
+        ),
     ],
 )
 def test_incumbent_flags(flags, overrides, action):

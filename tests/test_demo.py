@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,10 +18,8 @@ pytestmark = pytest.mark.realhub
 def _kill_leftover_hub(workdir: Path) -> None:
     pid_file = workdir / "jupyterhub.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
             os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
 
 
 def test_demo_makes_decisions(tmp_path: Path) -> None:

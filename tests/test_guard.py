@@ -48,8 +48,15 @@ def names(decisions) -> list[str]:
         pytest.param([5, 50, 20], 3, 2, 0.5, ["s50", "s20"], ["s5"], id="longest-idle-first"),
         pytest.param([5, 50, 20], 3, 100, 0.5, ["s50", "s20", "s5"], [], id="floor-lets-all-through"),
         pytest.param([5, None, 20], 3, 2, 0.5, ["s20", "s5"], ["sNone"], id="unknown-idle-last"),
-        pytest.param(list(range(30)), 40, 100, 0.5, [f"s{i}" for i in range(29, 9, -1)],
-                     [f"s{i}" for i in range(9, -1, -1)], id="fraction-of-ready"),
+        pytest.param(
+            list(range(30)),
+            40,
+            100,
+            0.5,
+            [f"s{i}" for i in range(29, 9, -1)],
+            [f"s{i}" for i in range(9, -1, -1)],
+            id="fraction-of-ready",
+        ),
         pytest.param([], 40, 1, 0.5, [], [], id="nothing-due"),
     ],
 )

@@ -207,9 +207,7 @@ async def test_gives_up_after_bounded_retries_on_5xx(fake: FakeHub, make_client:
     assert len(fake.calls("GET", USERS)) == 4
 
 
-async def test_gives_up_after_bounded_retries_on_dropped_connections(
-    fake: FakeHub, make_client: ClientFactory
-) -> None:
+async def test_gives_up_after_bounded_retries_on_dropped_connections(fake: FakeHub, make_client: ClientFactory) -> None:
     fake.fail("GET", USERS, drop=True, times=-1)
     with pytest.raises(HubUnreachable, match="is the hub running"):
         await make_client(retries=2).list_users()

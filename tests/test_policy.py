@@ -254,8 +254,11 @@ def rules_policy(*matches, plugin_first=False) -> Policy:
 )
 def test_shadowed_rules(earlier, later, shadowed):
     warnings = shadowed_rules(rules_policy(earlier, later))
-    assert warnings == (["rules[1] (id 'r1') can never match: rule 'r0' comes first and matches every server it would"]
-                        if shadowed else [])
+    assert warnings == (
+        ["rules[1] (id 'r1') can never match: rule 'r0' comes first and matches every server it would"]
+        if shadowed
+        else []
+    )
 
 
 def test_plugin_rules_never_shadow():
@@ -288,7 +291,7 @@ def flags(**overrides) -> dict:
     return data
 
 
-NO_IDLE = {"exempt": False, "idle": math.inf, "max_age": None, "remove_named_servers": None, "plugin": None}
+EXEMPT = {"exempt": True, "idle": None, "max_age": None, "remove_named_servers": None, "plugin": None}
 
 
 @pytest.mark.parametrize(
@@ -299,12 +302,12 @@ NO_IDLE = {"exempt": False, "idle": math.inf, "max_age": None, "remove_named_ser
         pytest.param({"remove_named_servers": True}, flags(remove_named_servers=True), id="remove-named"),
         pytest.param(
             {"cull_default_servers": False},
-            flags(rules=[{"id": "flag-no-default-servers", "match": {"servers": [""]}, **NO_IDLE}]),
+            flags(rules=[{"id": "flag-no-default-servers", "match": {"servers": [""]}, **EXEMPT}]),
             id="no-default-servers",
         ),
         pytest.param(
             {"cull_named_servers": False},
-            flags(rules=[{"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, **NO_IDLE}]),
+            flags(rules=[{"id": "flag-no-named-servers", "match": {"servers": ["?*"]}, **EXEMPT}]),
             id="no-named-servers",
         ),
         pytest.param(

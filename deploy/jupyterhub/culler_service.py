@@ -27,7 +27,7 @@ _passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
 # JupyterHub 6 hands a managed service none of its own environment (Spawner.env_keep is only
 # JUPYTERHUB_SINGLEUSER_APP): pass on what finding packages and decoding text needs, so that policy
 # plugins importable by the hub (PYTHONPATH, a virtualenv) are importable by the service too.
-for _key in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "TZ"):
+for _key in ("PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "TZ"):
     if _key in os.environ:
         _passed_on.setdefault(_key, os.environ[_key])
 

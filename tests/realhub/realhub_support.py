@@ -49,9 +49,7 @@ def parse_event(line: str) -> dict[str, Any] | None:
     return event
 
 
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.25
-) -> Any:
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
