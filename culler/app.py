@@ -52,6 +52,7 @@ class Service:
         self.culler = culler
         self.health = Health(settings.interval)
         self._cycle_task: asyncio.Task[None] | None = None
+        self._bind_task: asyncio.Task[None] | None = None
 
     async def cycle(self) -> CycleReport | None:
         """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
@@ -73,7 +74,7 @@ class Service:
             # Cancelled by _finish_cycle after shutdown_timeout: expected, not a job failure to log.
             event(log, logging.WARNING, "cycle cancelled at shutdown", after=f"{self.settings.shutdown_timeout:g}s")
             return None
-        self.health.record(report.started, report.error)
+        self.health.record(utcnow(), report.error)
         return report
 
     async def refresh_policy(self) -> None:
@@ -106,6 +107,8 @@ class Service:
         scheduler.pause()
         await self._finish_cycle()
         scheduler.shutdown(wait=False)
+        if self._bind_task is not None:
+            self._bind_task.cancel()
         await runner.cleanup()
         await self.culler.hub.close()
         event(log, logging.INFO, "stopped")
@@ -115,10 +118,32 @@ class Service:
         app = make_app(self.settings.service_prefix, self.health_status)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        bind = urlsplit(self.settings.bind_url)
-        await web.TCPSite(runner, bind.hostname or "127.0.0.1", bind.port or 10101).start()
-        event(log, logging.INFO, "listening", url=self.settings.bind_url, prefix=self.settings.service_prefix)
+        self._bind_task = asyncio.create_task(self._bind(runner))
         return runner
+
+    async def _bind(self, runner: web.AppRunner) -> None:
+        """Listen; if the port is taken, say so once and keep culling while retrying (exiting would
+        make the hub restart the service in a tight loop)."""
+        bind = urlsplit(self.settings.bind_url)
+        site = web.TCPSite(runner, bind.hostname or "127.0.0.1", bind.port or 10101)
+        failed = False
+        while True:
+            try:
+                await site.start()
+            except OSError as error:
+                if not failed:
+                    event(
+                        log,
+                        logging.ERROR,
+                        "cannot listen; retrying every 10s",
+                        url=self.settings.bind_url,
+                        error=error.strerror or str(error),
+                    )
+                failed = True
+                await asyncio.sleep(10)
+                continue
+            event(log, logging.INFO, "listening", url=self.settings.bind_url, prefix=self.settings.service_prefix)
+            return
 
     def _start_scheduler(self) -> AsyncIOScheduler:
         interval = self.settings.interval

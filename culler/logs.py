@@ -45,6 +45,8 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, _FIELDS, None) or {})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
@@ -58,6 +60,12 @@ class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, "[secret]")
+            record.exc_info = None  # formatters print exc_text instead
         message = record.getMessage()
         fields = getattr(record, _FIELDS, None)
         for secret in self.secrets:
@@ -80,3 +88,6 @@ def setup_logging(fmt: str = "text", level: str = "INFO", secrets: list[str] | N
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" each interval a long cycle overlaps:
+    # expected (cycles never overlap by design), and each cycle logs its own duration.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)

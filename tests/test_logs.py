@@ -54,3 +54,28 @@ def test_token_is_redacted(where: str) -> None:
         line = formatter.format(record)
         assert TOKEN not in line
         assert "[secret]" in line
+
+
+def test_token_in_a_traceback_is_redacted() -> None:
+    logger = logging.getLogger("t.redact.exc")
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep()
+    handler.addFilter(RedactFilter([TOKEN]))
+    logger.addHandler(handler)
+    try:
+        for formatter in (TextFormatter(), JsonFormatter()):
+            handler.setFormatter(formatter)
+            try:
+                raise RuntimeError(f"header was token {TOKEN}")
+            except RuntimeError:
+                logger.exception("cycle crashed")
+    finally:
+        logger.removeHandler(handler)
+    assert len(lines) == 2
+    for line in lines:
+        assert "RuntimeError" in line and "[secret]" in line and TOKEN not in line

@@ -331,3 +331,24 @@ async def test_a_crashing_cycle_is_reported_not_raised(tmp_path: Path, monkeypat
         await service.culler.hub.close()
     assert not ok
     assert "cycle crashed" in str(body["reason"]) and "boom" in str(body["reason"])
+
+
+async def test_a_taken_port_does_not_end_the_service(fake: FakeHub, start: Any) -> None:
+    """Exiting would make the hub restart the service in a tight loop: keep culling, retry the bind."""
+    import socket
+
+    idle_and_active(fake)
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        port = free_port()
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        # A later --bind-url wins over the one the helper passes.
+        service = start(fake.url, "--timeout=3600", f"--bind-url=http://127.0.0.1:{port}")
+        await wait_for(lambda: stopped(fake, "idle-user"), "the idle server to be stopped without a listener")
+        await wait_for(lambda: "cannot listen" in service.output, "the bind failure to be logged")
+        assert service.proc.poll() is None, service.output
+        assert service.output.count("cannot listen") == 1
+    finally:
+        blocker.close()
