@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -397,6 +398,11 @@ c.JupyterHub.load_roles = [{{
                 await self.api("POST", user_path(name), ok=(201, 409))
 
         await asyncio.gather(*(one(n) for n in names))
+
+    async def add_to_group(self, group: str, users: list[str]) -> None:
+        """Create ``group`` if needed and add ``users`` (who must exist) to it."""
+        await self.api("POST", f"groups/{quote(group, safe='')}", ok=(201, 409))
+        await self.api("POST", f"groups/{quote(group, safe='')}/users", {"users": users}, ok=(200,))
 
     async def start_server(
         self, user: str, name: str = "", options: dict[str, Any] | None = None, timeout: float = 60.0

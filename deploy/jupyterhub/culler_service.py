@@ -24,13 +24,6 @@ _SNIPPET_ONLY = {"CULLER_SERVICE_NAME", "CULLER_SERVICE_PORT", "CULLER_DRY_RUN",
 _passed_on = {k: v for k, v in os.environ.items() if k.startswith("CULLER_") and k not in _SNIPPET_ONLY}
 _passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
 
-# JupyterHub 6 hands a managed service none of its own environment (Spawner.env_keep is only
-# JUPYTERHUB_SINGLEUSER_APP): pass on what finding packages and decoding text needs, so that policy
-# plugins importable by the hub (PYTHONPATH, a virtualenv) are importable by the service too.
-for _key in ("PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LANG", "LC_ALL", "TZ"):
-    if _key in os.environ:
-        _passed_on.setdefault(_key, os.environ[_key])
-
 _command = [os.environ.get("CULLER_PYTHON", sys.executable), "-m", "culler"]
 if "CULLER_POLICY" not in _passed_on:
     _passed_on["CULLER_POLICY"] = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "default.yaml")

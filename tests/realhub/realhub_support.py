@@ -158,10 +158,18 @@ def start_culler_hub(workdir: Path, policy_text: str, **kwargs: Any) -> Iterator
         pytest.skip(str(error))
     policy = workdir / "policy.yaml"
     policy.write_text(policy_text)
-    kwargs.setdefault("workdir", workdir / "hub")
-    hub = LocalHub.with_culler(policy, **kwargs)
+    for attempt in (1, 2):
+        # free ports are picked before the hub binds them; another process may take one meanwhile
+        hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
+        try:
+            asyncio.run(hub.start())
+            asyncio.run(hub.wait_service(SERVICE))
+            break
+        except (RuntimeError, TimeoutError):
+            hub.stop()
+            if attempt == 2:
+                raise
     try:
-        asyncio.run(hub.start())
         yield CullerHub(hub, policy)
     finally:
         hub.stop()
@@ -200,4 +208,5 @@ def install_plugin_package(target: Path) -> str:
         lines += [f"{key} = {value}" for key, value in entries.items()]
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     (dist / "INSTALLER").write_text("culler-tests\n")
-    return "hand-written dist-info (pip could not build offline: " + result.stderr.strip().splitlines()[-1] + ")"
+    errors = [line.strip() for line in result.stderr.splitlines() if "error:" in line] or ["pip failed"]
+    return f"a hand-written dist-info (pip could not build offline: {errors[0]})"

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from realhub_support import CullerHub, culler_env, start_culler_hub
 
 pytestmark = pytest.mark.realhub
@@ -79,7 +78,7 @@ def rows_of(output: str) -> dict[str, dict[str, str]]:
 
 async def test_explain_against_the_live_hub(hub: CullerHub, tmp_path: Path) -> None:
     await hub.create_users(["ex-vip"])
-    await hub.api("POST", "groups/vip", {"users": ["ex-vip"]}, ok=(201,))
+    await hub.add_to_group("vip", ["ex-vip"])
     await hub.start_servers(("ex-idle", "", None), ("ex-keep", "", None), ("ex-vip", "", None))
     await hub.wait_event("would stop (dry run)", timeout=30, user="ex-idle")  # idle past 2 s by now
 

@@ -1,7 +1,7 @@
 """Policy plugins on a real hub: tests/plugin_pkg installed into a directory on the hub's PYTHONPATH.
 
-JupyterHub 6 hands managed services none of its environment, so this also checks that the snippet
-passes PYTHONPATH on to the service.
+The hub hands its PYTHONPATH to managed services (LocalProcessSpawner.env_keep, which the service
+spawner inherits), so a plugin importable by the hub is importable by the service: this checks that too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from realhub_support import CullerHub, culler_env, start_culler_hub
 
 pytestmark = pytest.mark.realhub

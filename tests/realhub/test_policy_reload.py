@@ -1,15 +1,14 @@
 """Policy files on a real hub: a broken file at start, hot reload, and broken edits while running.
 
-The hub of this module starts with a broken policy file. Each test writes the policy it needs and waits
-until the service reports that file's hash, so the tests do not depend on each other's order.
+Each test has its own hub: one starts with a broken policy file, the other is edited while running.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-
 from realhub_support import SERVICE, CullerHub, start_culler_hub, wait_for
 
 pytestmark = pytest.mark.realhub
@@ -45,12 +44,18 @@ BAD_DURATION = LONG.replace("    idle: 1h\n", "    idle: 1 hour\n")  # a broken 
 BAD_YAML = LONG + "  - id: [unclosed\n"
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
-    yield from start_culler_hub(tmp_path_factory.mktemp("reload"), BROKEN_AT_START, dry_run=False, cull_every=2)
+@pytest.fixture
+def broken_hub(tmp_path: Path) -> Iterator[CullerHub]:
+    yield from start_culler_hub(tmp_path, BROKEN_AT_START, dry_run=False, cull_every=2)
 
 
-async def test_invalid_policy_at_start(hub: CullerHub) -> None:
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[CullerHub]:
+    yield from start_culler_hub(tmp_path, LONG, dry_run=False, cull_every=2)
+
+
+async def test_invalid_policy_at_start(broken_hub: CullerHub) -> None:
+    hub = broken_hub
     # the hub is up and the service registered, though its policy is unusable
     status, _ = await hub.get(f"{hub.url}/hub/health")
     assert status == 200
@@ -87,7 +92,6 @@ async def test_invalid_policy_at_start(hub: CullerHub) -> None:
 
 
 async def test_hot_reload_and_broken_edits(hub: CullerHub) -> None:
-    hub.write_policy(LONG)
     await hub.wait_policy(LONG)
     await hub.start_servers(("reload-a", "", None))
     await hub.wait_cycles(3, since=hub.log_offset())
