@@ -90,6 +90,7 @@ class Service:
 
     async def run_once(self) -> int:
         report = await self.cycle()
+        await self.culler.follow_ups_done()
         return 0 if report is not None and report.ok else 1
 
     async def serve(self) -> int:
@@ -164,11 +165,11 @@ class Service:
 
     async def _finish_cycle(self) -> None:
         """Let a running cycle finish its in-flight stops (bounded); no new stop starts."""
-        self.culler.stopping.set()
+        self.culler.stopping.set()  # also ends stop follow-ups at their next poll
         task = self._cycle_task
-        if task is None or task.done():
-            return
-        done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
-        if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.culler.follow_ups_done()

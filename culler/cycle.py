@@ -26,6 +26,7 @@ class Result(StrEnum):
     """What became of a server the policy said to stop."""
 
     STOPPED = "stopped"
+    STOPPING = "stopping"  # the hub answered 202: followed up in the background, outside the cycle
     SLOW = "slow-stopping"  # the hub still reports it stopping after the follow-up deadline
     GONE = "gone"
     FAILED = "failed"
@@ -89,6 +90,7 @@ class Culler:
         self.clock = clock
         self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
         self._reported: set[tuple[str, str]] = set()
+        self._follow_ups: dict[str, asyncio.Task[Result]] = {}
 
     async def run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
@@ -118,7 +120,7 @@ class Culler:
         self._reported = current
 
     async def _stop_due(self, report: CycleReport) -> None:
-        due = [d for d in report.decisions if d.action is Action.STOP]
+        due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in self._follow_ups]
         ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
         report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction)
         if report.guard.tripped:
@@ -154,8 +156,6 @@ class Culler:
             return Result.INTERRUPTED
         try:
             outcome = await self.hub.stop_server(server.user, server.name, remove=decision.remove, abort=self.stopping)
-            if outcome is StopOutcome.STOPPING:
-                outcome = await self._follow_up(server)
         except HubInterrupted:
             # Queued behind the concurrency limit (or waiting to retry) when shutdown began.
             event(log, logging.INFO, "not stopping: shutting down", **fields)
@@ -169,9 +169,29 @@ class Culler:
         except asyncio.CancelledError:
             event(log, logging.WARNING, "stop interrupted by shutdown; the hub may still stop it", **fields)
             raise
-        result = {StopOutcome.STOPPED: Result.STOPPED, StopOutcome.GONE: Result.GONE}.get(outcome, Result.SLOW)
+        if outcome is StopOutcome.STOPPING:
+            event(log, logging.INFO, "server stopping (hub answered 202); following up", **fields)
+            self._follow_ups[server.key] = asyncio.create_task(self._follow_through(server, fields))
+            return Result.STOPPING
+        result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.GONE
         event(log, logging.INFO, f"server {result}", **fields)
         return result
+
+    async def _follow_through(self, server: ServerSnapshot, fields: dict[str, str]) -> Result:
+        """Report a stop the hub answered 202 to as stopped only once the hub says so."""
+        try:
+            outcome = await self._follow_up(server)
+            result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.SLOW
+            event(log, logging.INFO if result is Result.STOPPED else logging.WARNING, f"server {result}", **fields)
+            return result
+        finally:
+            self._follow_ups.pop(server.key, None)
+
+    async def follow_ups_done(self) -> dict[str, Result]:
+        """Wait for the stops still being followed up (``--once``, shutdown and tests)."""
+        tasks = dict(self._follow_ups)
+        results = await asyncio.gather(*tasks.values())
+        return dict(zip(tasks, results, strict=True))
 
     async def _follow_up(self, server: ServerSnapshot) -> StopOutcome:
         """A 202 means the hub is still stopping: poll until it says stopped, or give up waiting."""

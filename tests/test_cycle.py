@@ -156,8 +156,10 @@ async def test_a_malformed_user_in_the_listing_body_skips_only_that_user(
 async def test_202_followed_up_until_stopped(fake: FakeHub, make_culler: CullerFactory) -> None:
     fake.add_server("slow", last_activity=ago(hours=2))
     fake.slow_stops[("slow", "")] = 0.3
-    report = await make_culler(follow_up_interval=0.05, follow_up_timeout=5.0).run(POLICY)
-    assert report.results == {"slow/": Result.STOPPED}
+    culler = make_culler(follow_up_interval=0.05, follow_up_timeout=5.0)
+    report = await culler.run(POLICY)
+    assert report.results == {"slow/": Result.STOPPING}  # the cycle does not wait for the hub
+    assert await culler.follow_ups_done() == {"slow/": Result.STOPPED}
     assert len(fake.calls("GET", USERS + "/slow")) >= 2  # it asked until the hub said stopped
     assert not fake.running("slow")
 
@@ -165,8 +167,10 @@ async def test_202_followed_up_until_stopped(fake: FakeHub, make_culler: CullerF
 async def test_202_that_never_completes_is_slow(fake: FakeHub, make_culler: CullerFactory) -> None:
     fake.add_server("stuck", last_activity=ago(hours=2))
     fake.slow_stops[("stuck", "")] = float("inf")
-    report = await make_culler(follow_up_interval=0.05, follow_up_timeout=0.3).run(POLICY)
-    assert report.results == {"stuck/": Result.SLOW}
+    culler = make_culler(follow_up_interval=0.05, follow_up_timeout=0.3)
+    report = await culler.run(POLICY)
+    assert report.results == {"stuck/": Result.STOPPING}
+    assert await culler.follow_ups_done() == {"stuck/": Result.SLOW}
     assert fake.users["stuck"]["servers"][""]["pending"] == "stop"
     assert len(fake.deletes) == 1
 
@@ -318,4 +322,19 @@ async def test_stopping_ends_follow_ups(fake: FakeHub, make_culler: CullerFactor
         await asyncio.sleep(0.01)
     culler.stopping.set()
     report = await asyncio.wait_for(task, 5)
-    assert report.results == {"stuck/": Result.SLOW}
+    assert report.results == {"stuck/": Result.STOPPING}
+    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Result.SLOW}
+
+
+async def test_a_slow_stop_holds_up_nothing(fake: FakeHub, make_culler: CullerFactory) -> None:
+    fake.add_server("stuck", last_activity=ago(hours=2))
+    fake.add_server("quick", last_activity=ago(hours=2))
+    fake.slow_stops[("stuck", "")] = float("inf")
+    culler = make_culler(follow_up_interval=0.05, follow_up_timeout=60)
+    first = await asyncio.wait_for(culler.run(POLICY), 5)  # returns while the follow-up goes on
+    assert first.results == {"stuck/": Result.STOPPING, "quick/": Result.STOPPED}
+    second = await asyncio.wait_for(culler.run(POLICY), 5)
+    assert second.results == {}  # stopping servers are pending: never sent a second DELETE
+    assert len(fake.deletes) == 2
+    culler.stopping.set()
+    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Result.SLOW}

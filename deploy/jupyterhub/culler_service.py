@@ -5,7 +5,8 @@
 # It reads its choices from the hub's environment when the config is loaded (all optional):
 #   CULLER_SERVICE_NAME   service name (default "activity-culler")
 #   CULLER_SERVICE_PORT   port of its health/API endpoints on 127.0.0.1 (default 10101)
-#   CULLER_POLICY         policy file (default: the policies/default.yaml shipped with the package)
+#   CULLER_POLICY         policy file (default: none, which means the built-in 7-day policy that
+#                         policies/default.yaml spells out)
 #   CULLER_DRY_RUN        "true": decide and report, stop nothing (shadow mode). Set "false" to act.
 #   CULLER_DELETE_USERS   "true" if the policy has a `users:` section (adds the admin:users scope)
 #   CULLER_PYTHON         the python that has the package installed (default: the hub's own)
@@ -25,8 +26,6 @@ _passed_on = {k: v for k, v in os.environ.items() if k.startswith("CULLER_") and
 _passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
 
 _command = [os.environ.get("CULLER_PYTHON", sys.executable), "-m", "culler"]
-if "CULLER_POLICY" not in _passed_on:
-    _passed_on["CULLER_POLICY"] = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "default.yaml")
 
 c.JupyterHub.services.append(
     {

@@ -140,10 +140,14 @@ async def test_named_scratch_server_stopped_and_removed(hub: CullerHub) -> None:
 
 
 async def test_slow_stop_is_followed_up(hub: CullerHub) -> None:
-    """The cheap spawner takes 12 s to stop; the hub answers 202 after its 10 s slow_stop_timeout."""
-    await hub.start_servers(("slow-1", "", {"stop_delay": 12}))
+    """The cheap spawner takes 18 s to stop; the hub answers 202 after its 10 s slow_stop_timeout. The
+    service follows the stop up outside its cycles, which go on meanwhile."""
+    await hub.start_servers(("slow-1", "", {"stop_delay": 18}))
 
+    await hub.wait_event("server stopping (hub answered 202); following up", timeout=45, user="slow-1")
+    following = hub.log_offset()
     event = await hub.wait_event("server stopped", timeout=45, user="slow-1")
+    assert len(hub.events("cycle done", following)) >= 2, "cycles waited for the slow stop"
     assert event["rule"] == "short"
     assert not hub.events("server slow-stopping", user="slow-1")
     assert not hub.events("stop failed", user="slow-1")
