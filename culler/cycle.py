@@ -16,6 +16,8 @@ from culler.guard import GuardResult, apply_guard
 from culler.hub import HubClient, HubError, HubInterrupted, StopOutcome
 from culler.logs import event
 from culler.policy import Policy
+from culler.probes import Probe
+from culler.settler import Settler
 from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of
 from culler.timeutil import utcnow
 
@@ -26,6 +28,7 @@ class Result(StrEnum):
     """What became of a server the policy said to stop."""
 
     STOPPED = "stopped"
+    SETTLING = "settling"  # waiting for the user's home to be quiet (settle probes)
     STOPPING = "stopping"  # the hub answered 202: followed up in the background, outside the cycle
     SLOW = "slow-stopping"  # the hub still reports it stopping after the follow-up deadline
     GONE = "gone"
@@ -83,6 +86,7 @@ class Culler:
         options: CycleOptions,
         plugins: Mapping[str, PluginFn] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        probes: Mapping[str, Probe] | None = None,
     ) -> None:
         self.hub = hub
         self.options = options
@@ -91,6 +95,7 @@ class Culler:
         self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
         self._reported: set[tuple[str, str]] = set()
         self._follow_ups: dict[str, asyncio.Task[Result]] = {}
+        self.settler = Settler(probes or {}, self._stop)
 
     async def run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
@@ -120,7 +125,9 @@ class Culler:
         self._reported = current
 
     async def _stop_due(self, report: CycleReport) -> None:
-        due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in self._follow_ups]
+        self.settler.reconcile(report.decisions)
+        busy = self._follow_ups.keys() | self.settler.settling.keys()
+        due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in busy]
         ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
         report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction)
         if report.guard.tripped:
@@ -135,11 +142,17 @@ class Culler:
             )
         for decision in report.guard.held:
             report.results[decision.server.key] = Result.HELD
-        results = await asyncio.gather(*(self._stop(decision) for decision in report.guard.allowed))
-        for decision, result in zip(report.guard.allowed, results, strict=True):
+        for decision in report.guard.allowed:
+            if decision.settle is not None:
+                self.settler.admit(decision)
+                report.results[decision.server.key] = Result.SETTLING
+        direct = [d for d in report.guard.allowed if d.settle is None]
+        results = await asyncio.gather(*(self._stop(decision) for decision in direct))
+        for decision, result in zip(direct, results, strict=True):
             report.results[decision.server.key] = result
 
-    async def _stop(self, decision: Decision) -> Result:
+    async def _stop(self, decision: Decision, settle: str | None = None) -> Result:
+        """Stop one server now; ``settle`` says whether a settle step vouched for its home."""
         server = decision.server
         fields = {
             "user": server.user,
@@ -147,6 +160,7 @@ class Culler:
             "idle": format_duration(decision.idle_seconds),
             "rule": decision.rule_id,
             "reason": decision.reason,
+            "settle": settle,
         }
         if self.options.dry_run:
             event(log, logging.INFO, "would stop (dry run)", **fields)

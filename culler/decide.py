@@ -11,7 +11,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from culler.durations import format_duration
-from culler.policy import DEFAULT_RULE_ID, Match, Policy, Rule
+from culler.policy import DEFAULT_RULE_ID, Match, Policy, Rule, Settle
 from culler.snapshot import ServerSnapshot, UserSnapshot
 from culler.timeutil import isoformat
 
@@ -44,6 +44,7 @@ class Decision:
     stop_at: datetime | None = None  # when the server is (or was) due; None: never
     remove: bool = False
     error: str | None = None  # set when the decision is "keep" because something failed
+    settle: Settle | None = None  # for stops: wait for a quiet home first
 
     @property
     def sort_key(self) -> float:
@@ -130,7 +131,9 @@ def _ask_plugin(
         return _unsure(server, rule.id, f"plugin {rule.plugin!r} failed: {type(error).__name__}: {error}")
     idle = _idle_seconds(server, now)
     if action is Action.STOP:
-        return Decision(server, action, rule.id, reason, idle, now, _remove(policy, rule, server))
+        return Decision(
+            server, action, rule.id, reason, idle, now, _remove(policy, rule, server), settle=_settle(policy, rule)
+        )
     return Decision(server, action, rule.id, reason, idle)
 
 
@@ -144,6 +147,11 @@ def _idle_seconds(server: ServerSnapshot, now: datetime) -> float | None:
 def _remove(policy: Policy, rule: Rule | None, server: ServerSnapshot) -> bool:
     flag = rule.remove_named_servers if rule and rule.remove_named_servers is not None else None
     return bool(server.name) and (policy.defaults.remove_named_servers if flag is None else flag)
+
+
+def _settle(policy: Policy, rule: Rule | None) -> Settle | None:
+    settle = rule.settle if rule is not None and rule.settle is not None else policy.defaults.settle
+    return settle if settle.probes else None
 
 
 def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now: datetime) -> Decision:
@@ -160,11 +168,11 @@ def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now
     remove = _remove(policy, rule, server)
     if idle_due is not None and now >= idle_due:
         reason = f"no activity for {format_duration(idle)} (limit {format_duration(idle_limit)}, rule {rule_id})"
-        return Decision(server, Action.STOP, rule_id, reason, idle, idle_due, remove)
+        return Decision(server, Action.STOP, rule_id, reason, idle, idle_due, remove, settle=_settle(policy, rule))
     if age_due is not None and now >= age_due:
         age = (now - server.started).total_seconds() if server.started else 0.0
         reason = f"running for {format_duration(age)} (max age {format_duration(max_age)}, rule {rule_id})"
-        return Decision(server, Action.STOP, rule_id, reason, idle, age_due, remove)
+        return Decision(server, Action.STOP, rule_id, reason, idle, age_due, remove, settle=_settle(policy, rule))
     stop_at = min((t for t in (idle_due, age_due) if t is not None), default=None)
     limit = format_duration(None if math.isinf(idle_limit) else idle_limit)
     when = f"stops at {isoformat(stop_at)}" if stop_at else "never stopped"

@@ -73,10 +73,36 @@ class Match(_Model):
     )
 
 
+PROBE_KINDS = ("tree-scan", "prometheus")
+ProbeName = Literal["tree-scan", "prometheus"]
+
+
+class Settle(_Model):
+    """Before a due server is stopped, wait until these probes vouch that its home is quiet."""
+
+    probes: list[ProbeName] = Field(
+        default_factory=list, description="probes configured in the service's settings; none: stop at once"
+    )
+    window: Duration = Field(120, description="how long every probe must vouch for quiet")
+    max_deferral: Duration = Field(6 * 3600, description="the longest a due server waits for quiet")
+    at_cap: Literal["stop", "skip"] = Field(
+        "stop", description="at max_deferral: stop anyway (counted unverified) or keep deferring and report"
+    )
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> Settle:
+        if self.probes and not self.window > 0:
+            raise ValueError("window must be longer than 0s")
+        if self.probes and self.max_deferral <= self.window:
+            raise ValueError("max_deferral must be longer than window, or no server could ever settle")
+        return self
+
+
 class Defaults(_Model):
     idle: Duration = Field(7 * 86400, description="stop after this long without browser activity")
     max_age: Duration = Field(math.inf, description="stop servers running longer than this, active or not")
     remove_named_servers: bool = Field(False, description="delete named servers from the hub when stopping them")
+    settle: Settle = Field(default_factory=Settle, description="wait for quiet homes before stopping")
 
 
 class Rule(_Model):
@@ -87,6 +113,7 @@ class Rule(_Model):
     idle: Duration | None = None
     max_age: Duration | None = None
     remove_named_servers: bool | None = None
+    settle: Settle | None = None
     plugin: str | None = Field(None, description=f"a policy plugin registered in the entry-point group {PLUGIN_GROUP}")
     args: dict[str, Any] = Field(default_factory=dict, description="passed to the plugin")
 
@@ -151,7 +178,9 @@ def policy_hash(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def parse_policy(text: str, source: str, plugins: Iterable[str] | None = None) -> Policy:
+def parse_policy(
+    text: str, source: str, plugins: Iterable[str] | None = None, probes: Iterable[str] | None = None
+) -> Policy:
     """Validate policy YAML; every error names the source, the rule (index and id) and the field."""
     try:
         raw = yaml.safe_load(text)
@@ -163,18 +192,18 @@ def parse_policy(text: str, source: str, plugins: Iterable[str] | None = None) -
         policy = Policy.model_validate(raw)
     except ValidationError as error:
         raise PolicyError(source, [_describe(source, raw, item) for item in error.errors()]) from error
-    unknown = _unknown_plugins(policy, plugins)
+    unknown = _unknown_plugins(policy, plugins) + _unconfigured_probes(policy, probes)
     if unknown:
         raise PolicyError(source, [f"{source}: {line}" for line in unknown])
     return policy
 
 
-def load_policy(path: Path, plugins: Iterable[str] | None = None) -> Policy:
+def load_policy(path: Path, plugins: Iterable[str] | None = None, probes: Iterable[str] | None = None) -> Policy:
     try:
         text = path.read_text()
     except OSError as error:
         raise PolicyError(str(path), [f"{path}: cannot read: {error.strerror or error}"]) from error
-    return parse_policy(text, str(path), plugins)
+    return parse_policy(text, str(path), plugins, probes)
 
 
 def _unknown_plugins(policy: Policy, plugins: Iterable[str] | None) -> list[str]:
@@ -185,6 +214,29 @@ def _unknown_plugins(policy: Policy, plugins: Iterable[str] | None) -> list[str]
         f"rules[{index}] (id {rule.id!r}): plugin: {rule.plugin!r} is not installed (known: {sorted(known) or 'none'})"
         for index, rule in enumerate(policy.rules)
         if rule.plugin and rule.plugin not in known
+    ]
+
+
+PROBE_SETTINGS = {
+    "tree-scan": "CULLER_TREE_SCAN_PATH (e.g. /mnt/homes/{username})",
+    "prometheus": "CULLER_PROMETHEUS_URL and CULLER_PROMETHEUS_QUERY",
+}
+
+
+def _unconfigured_probes(policy: Policy, probes: Iterable[str] | None) -> list[str]:
+    """Probes a policy names that the service's settings do not set up (``probes`` None: don't check)."""
+    if probes is None:
+        return []
+    configured = set(probes)
+    places = [("defaults", policy.defaults.settle)] + [
+        (f"rules[{index}] (id {rule.id!r})", rule.settle) for index, rule in enumerate(policy.rules)
+    ]
+    return [
+        f"{where}: settle.probes: {name!r} is not configured in the service's settings (set {PROBE_SETTINGS[name]})"
+        for where, settle in places
+        if settle is not None
+        for name in settle.probes
+        if name not in configured
     ]
 
 

@@ -284,14 +284,18 @@ FLAG_DEFAULTS = {
 
 
 def flags(**overrides) -> dict:
-    data = {"version": 1, "defaults": {"idle": 3600.0, "max_age": math.inf, "remove_named_servers": False}}
+    no_settle = {"probes": [], "window": 120, "max_deferral": 21600, "at_cap": "stop"}
+    data = {
+        "version": 1,
+        "defaults": {"idle": 3600.0, "max_age": math.inf, "remove_named_servers": False, "settle": no_settle},
+    }
     data["rules"] = overrides.pop("rules", [])
     data["users"] = overrides.pop("users", None)
     data["defaults"].update(overrides)
     return data
 
 
-EXEMPT = {"exempt": True, "idle": None, "max_age": None, "remove_named_servers": None, "plugin": None}
+EXEMPT = {"exempt": True, "idle": None, "max_age": None, "remove_named_servers": None, "settle": None, "plugin": None}
 
 
 @pytest.mark.parametrize(

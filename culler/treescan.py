@@ -1,0 +1,213 @@
+"""The tree-scan settle probe: resumable, time-budgeted lstat passes over a user's home.
+
+A pass's fingerprint is (entries, total size, sum and max of ``st_ctime_ns``): ctime moves on every
+content or metadata change, even when a writer resets mtime (``cp -p``, ``rsync -t``, ``os.utime``)
+or overwrites in place without changing the size. Quiet is vouched only between the *end* of one
+pass and the *start* of a later pass with the same fingerprint; fingerprints are compared with each
+other, never with the local clock, so clock skew with the file server does not matter. A hot set of
+the most recently changed files is re-checked at every poll, so an ongoing writer shows at once.
+Passes run in a worker thread, in steps bounded by a time budget checked every few entries; quiet is
+reported only by the poll that completes a pass (in between, the probe "cannot tell yet").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from culler.durations import format_duration
+from culler.settle import Observation, active, quiet, unknown
+from culler.snapshot import ServerSnapshot
+
+CHECK_EVERY = 32  # entries between deadline checks
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    entries: int
+    size: int
+    ctime_sum: int
+    ctime_max: int
+
+
+class ScanError(Exception):
+    pass
+
+
+class TreeWalk:
+    """One pass over a tree, advanced in budgeted steps. Used by one thread at a time."""
+
+    def __init__(self, root: str, hot_size: int) -> None:
+        self.root = root
+        self.hot_size = hot_size
+        self.entries = self.size = self.ctime_sum = self.ctime_max = 0
+        self.changed_during = False  # an entry vanished mid-pass: the tree is not still
+        self._hot: list[tuple[int, str, int]] = []  # min-heap of (ctime_ns, path, size)
+        self._stack: list[Iterator[os.DirEntry[str]]] = []
+        self._started = False
+
+    def step(self, deadline: float) -> bool:
+        """Scan until the pass completes (True) or the deadline passes (False)."""
+        if not self._started:
+            self._started = True
+            self._add(self.root, os.lstat(self.root))
+            self._push(self.root)
+        count = 0
+        while self._stack:
+            entry = next(self._stack[-1], None)
+            if entry is None:
+                self._stack.pop().close()  # type: ignore[attr-defined]
+                continue
+            self._visit(entry)
+            count += 1
+            if count % CHECK_EVERY == 0 and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def _visit(self, entry: os.DirEntry[str]) -> None:
+        try:
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            self.changed_during = True
+            return
+        self._add(entry.path, stat)
+        if entry.is_dir(follow_symlinks=False):
+            self._push(entry.path)
+
+    def _push(self, path: str) -> None:
+        try:
+            self._stack.append(os.scandir(path))
+        except FileNotFoundError:
+            self.changed_during = True
+        except OSError as error:
+            raise ScanError(f"cannot read {path}: {error.strerror or error}") from error
+
+    def _add(self, path: str, stat: os.stat_result) -> None:
+        self.entries += 1
+        self.size += stat.st_size
+        self.ctime_sum += stat.st_ctime_ns
+        self.ctime_max = max(self.ctime_max, stat.st_ctime_ns)
+        item = (stat.st_ctime_ns, path, stat.st_size)
+        if len(self._hot) < self.hot_size:
+            heapq.heappush(self._hot, item)
+        elif self.hot_size and item > self._hot[0]:
+            heapq.heapreplace(self._hot, item)
+
+    def fingerprint(self) -> Fingerprint | None:
+        if self.changed_during:
+            return None
+        return Fingerprint(self.entries, self.size, self.ctime_sum, self.ctime_max)
+
+    def hot_set(self) -> dict[str, tuple[int, int]]:
+        return {path: (ctime, size) for ctime, path, size in self._hot}
+
+    def close(self) -> None:
+        for iterator in self._stack:
+            iterator.close()  # type: ignore[attr-defined]
+        self._stack.clear()
+
+
+@dataclass
+class _ServerScan:
+    root: str
+    walk: TreeWalk | None = None
+    walk_started: float = 0.0
+    last: Fingerprint | None = None
+    last_end: float = 0.0
+    stable_since: float | None = None  # end of the first pass of the current run of equal passes
+    quiet_for: float = 0.0
+    passes: int = 0
+    hot: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def unsettle(self) -> None:
+        self.stable_since = None
+        self.quiet_for = 0.0
+        if self.walk is not None:
+            self.walk.close()
+            self.walk = None
+
+
+class TreeScanProbe:
+    """Settle probe over homes mounted at ``path_template`` (``{username}``, ``{servername}``)."""
+
+    name = "tree-scan"
+
+    def __init__(self, path_template: str, budget: float = 0.05, hot_size: int = 32) -> None:
+        self.path_template = path_template
+        self.budget = budget
+        self.hot_size = hot_size
+        self._scans: dict[str, _ServerScan] = {}
+
+    def root_for(self, server: ServerSnapshot) -> str:
+        return self.path_template.format(username=server.user, servername=server.name)
+
+    async def observe(self, server: ServerSnapshot) -> Observation:
+        root = self.root_for(server)
+        scan = self._scans.get(server.key)
+        if scan is None or scan.root != root:
+            scan = self._scans[server.key] = _ServerScan(root)
+        return await asyncio.to_thread(self.poll, scan)
+
+    def forget(self, key: str) -> None:
+        scan = self._scans.pop(key, None)
+        if scan is not None:
+            scan.unsettle()
+
+    def poll(self, scan: _ServerScan) -> Observation:
+        """One budgeted poll (runs in a worker thread)."""
+        started = time.monotonic()
+        changed = _hot_change(scan.hot)
+        if changed:
+            scan.unsettle()
+            scan.hot = {}
+            return active(f"{changed} changed")
+        if scan.walk is None:
+            scan.walk, scan.walk_started = TreeWalk(scan.root, self.hot_size), started
+        try:
+            complete = scan.walk.step(started + self.budget)
+        except (ScanError, OSError) as error:
+            scan.unsettle()
+            detail = str(error) if isinstance(error, ScanError) else f"cannot read {scan.root}: {error.strerror}"
+            return unknown(detail, error=True)
+        if not complete:
+            so_far = f"; quiet for {format_duration(scan.quiet_for)} so far" if scan.stable_since is not None else ""
+            return unknown(f"scanning (pass {scan.passes + 1}{so_far})")
+        if self._finish_pass(scan):
+            return active("the tree changed between passes")
+        if scan.stable_since is None:
+            return unknown("first pass done")
+        # Vouched only at the end of a pass: between polls the tree is not looked at as a whole.
+        return quiet(scan.quiet_for, f"{scan.passes} passes of {scan.last.entries if scan.last else 0} entries")
+
+    def _finish_pass(self, scan: _ServerScan) -> bool:
+        """Close a completed pass; True when the tree moved since the previous one."""
+        walk = scan.walk
+        assert walk is not None
+        fingerprint, ended = walk.fingerprint(), time.monotonic()
+        scan.hot, scan.walk = walk.hot_set(), None
+        scan.passes += 1
+        same = fingerprint is not None and fingerprint == scan.last
+        moved = scan.last is not None and not same
+        if same:
+            if scan.stable_since is None:
+                scan.stable_since = scan.last_end
+            scan.quiet_for = scan.walk_started - scan.stable_since
+        else:
+            scan.stable_since, scan.quiet_for = None, 0.0
+        scan.last, scan.last_end = fingerprint, ended
+        return moved or fingerprint is None
+
+
+def _hot_change(hot: dict[str, tuple[int, int]]) -> str | None:
+    for path, (ctime, size) in hot.items():
+        try:
+            stat = os.lstat(path)
+        except FileNotFoundError:
+            return path
+        if stat.st_ctime_ns != ctime or stat.st_size != size:
+            return path
+    return None
