@@ -13,11 +13,15 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from culler.cycle import Culler, CycleOptions, CycleReport
 from culler.health import Health
-from culler.hub import HubClient, internal_ssl_context
+from culler.hub import HubClient, HubError, internal_ssl_context
 from culler.logs import event
 from culler.policy_store import PolicyStore
+from culler.probes import Probe
+from culler.promprobe import PrometheusProbe
+from culler.proxy_activity import ProxyActivity
 from culler.settings import Settings
 from culler.timeutil import utcnow
+from culler.treescan import TreeScanProbe
 from culler.web import make_app
 
 log = logging.getLogger("culler.app")
@@ -34,6 +38,26 @@ def make_hub(settings: Settings) -> HubClient:
         page_size=settings.api_page_size,
         ssl_context=ssl_context,
     )
+
+
+def build_probes(settings: Settings) -> dict[str, Probe]:
+    """The settle probes the settings configure, by the names policies use."""
+    probes: dict[str, Probe] = {}
+    if settings.tree_scan_path:
+        probes["tree-scan"] = TreeScanProbe(
+            settings.tree_scan_path, budget=settings.tree_scan_budget, hot_size=settings.tree_scan_hot_files
+        )
+    if settings.prometheus_url and settings.prometheus_query:
+        probes["prometheus"] = PrometheusProbe(
+            settings.prometheus_url, settings.prometheus_query, settings.prometheus_threshold
+        )
+    return probes
+
+
+def make_activity(settings: Settings) -> ProxyActivity | None:
+    if settings.activity_source != "proxy" or settings.proxy_api_token is None:
+        return None
+    return ProxyActivity(settings.proxy_api_url, settings.proxy_api_token.get_secret_value(), settings.request_timeout)
 
 
 def cycle_options(settings: Settings) -> CycleOptions:
@@ -53,6 +77,7 @@ class Service:
         self.health = Health(settings.interval)
         self._cycle_task: asyncio.Task[None] | None = None
         self._bind_task: asyncio.Task[None] | None = None
+        self._settle_task: asyncio.Task[None] | None = None
 
     async def cycle(self) -> CycleReport | None:
         """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
@@ -111,12 +136,29 @@ class Service:
         if self._bind_task is not None:
             self._bind_task.cancel()
         await runner.cleanup()
-        await self.culler.hub.close()
+        await self.culler.close()
         event(log, logging.INFO, "stopped")
         return 0
 
+    async def _token_scopes(self, token: str) -> frozenset[str] | None:
+        try:
+            return await self.culler.hub.token_scopes(token)
+        except HubError as error:
+            event(log, logging.WARNING, "token check failed", error=str(error))
+            return None
+
+    async def settle_poll(self) -> None:
+        """A guarded root task: a probe or stop surprise is logged, never raised into the scheduler."""
+        self._settle_task = asyncio.current_task()
+        try:
+            await self.culler.settler.poll()
+        except Exception:
+            log.exception("settle poll crashed")
+
     async def _start_web(self) -> web.AppRunner:
-        app = make_app(self.settings.service_prefix, self.health_status)
+        app = make_app(
+            self.settings.service_prefix, self.health_status, self.culler.settler.describe, self._token_scopes
+        )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         self._bind_task = asyncio.create_task(self._bind(runner))
@@ -160,16 +202,23 @@ class Service:
         )
         if self.store.path is not None:
             scheduler.add_job(self.refresh_policy, IntervalTrigger(seconds=self.settings.policy_poll), id="policy")
+        scheduler.add_job(
+            self.settle_poll,
+            IntervalTrigger(seconds=self.settings.settle_poll),
+            id="settle",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
         return scheduler
 
     async def _finish_cycle(self) -> None:
         """Let a running cycle finish its in-flight stops (bounded); no new stop starts."""
         self.culler.stopping.set()  # also ends stop follow-ups at their next poll
-        task = self._cycle_task
-        if task is not None and not task.done():
-            done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
-            if not done:
+        running = {t for t in (self._cycle_task, self._settle_task) if t is not None and not t.done()}
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.shutdown_timeout)
+            for task in late:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*late, return_exceptions=True)
         await self.culler.follow_ups_done()

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from culler import __version__
-from culler.app import Service, cycle_options, make_hub
+from culler.app import Service, build_probes, cycle_options, make_activity, make_hub
 from culler.cycle import Culler
 from culler.decide import Decision, evaluate
 from culler.durations import format_duration
@@ -68,6 +68,16 @@ _VALUE_FLAGS: dict[str, str] = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "bind_url": "where the health endpoints listen (default $JUPYTERHUB_SERVICE_URL or http://127.0.0.1:10101)",
     "service_prefix": "URL prefix (default $JUPYTERHUB_SERVICE_PREFIX or /)",
+    "activity_source": "hub (the hub's last_activity, default) or proxy (configurable-http-proxy route activity)",
+    "proxy_api_url": "configurable-http-proxy's API (default http://127.0.0.1:8001; token: $CONFIGPROXY_AUTH_TOKEN)",
+    "tree_scan_path": "settle probe tree-scan: where homes are mounted, e.g. /mnt/homes/{username}",
+    "tree_scan_budget": "tree-scan: seconds of scanning per server per settle poll (default 0.05)",
+    "tree_scan_hot_files": "tree-scan: recently changed files re-checked at every poll (default 32)",
+    "prometheus_url": "settle probe prometheus: the Prometheus base URL",
+    "prometheus_query": "prometheus: PromQL with {username}/{servername}, e.g. a write rate",
+    "prometheus_threshold": "prometheus: quiet while the value is at most this (default 0)",
+    "settle_poll": "seconds between settle polls (default 15)",
+    "probe_timeout": "seconds one probe may take (default 30)",
 }
 _POLICY_FIELD_HINT = {
     "timeout": "defaults.idle",
@@ -129,13 +139,13 @@ def settings_from(values: dict[str, Any]) -> Settings:
         raise UsageError("invalid setting " + "; ".join(problems)) from error
 
 
-def policy_store(settings: Settings, plugins: list[str]) -> PolicyStore:
+def policy_store(settings: Settings, plugins: list[str], probes: list[str] | None = None) -> PolicyStore:
     if settings.policy is not None:
         given = settings.policy_flags_given()
         if given:
             hints = ", ".join(f"{_flag(g)} (use {_POLICY_FIELD_HINT[g]})" for g in given)
             raise UsageError(f"with --policy, the policy file decides what is stopped; remove {hints}")
-        return PolicyStore(path=settings.policy, plugins=plugins)
+        return PolicyStore(path=settings.policy, plugins=plugins, probes=probes)
     return PolicyStore(fixed=flags_policy(settings))
 
 
@@ -159,15 +169,20 @@ def flags_policy(settings: Settings) -> Policy:
 def serve(argv: Sequence[str]) -> int:
     values = vars(_serve_parser().parse_args(argv))
     settings = settings_from(values)
-    secrets = [settings.api_token.get_secret_value()] if settings.api_token else []
-    setup_logging(settings.log_format, settings.log_level, secrets)
+    setup_logging(settings.log_format, settings.log_level, settings.secrets())
     log = logging.getLogger("culler")
     plugins = installed_plugins()
-    store = policy_store(settings, sorted(plugins))
-    if not secrets:
+    probes = build_probes(settings)
+    store = policy_store(settings, sorted(plugins), sorted(probes))
+    if settings.api_token is None:
         raise UsageError("no hub API token: set JUPYTERHUB_API_TOKEN (the hub sets it for managed services)")
     log.info("starting %s %s with %s", PROG, __version__, settings.summary())
-    service = Service(settings, store, Culler(make_hub(settings), cycle_options(settings), plugins))
+    if settings.activity_source == "proxy" and settings.proxy_api_token is None:
+        raise UsageError("--activity-source=proxy needs the proxy's API token: set CONFIGPROXY_AUTH_TOKEN")
+    culler = Culler(
+        make_hub(settings), cycle_options(settings), plugins, probes=probes, activity=make_activity(settings)
+    )
+    service = Service(settings, store, culler)
     if settings.once:
         return asyncio.run(_once(service))
     return asyncio.run(service.serve())
@@ -177,7 +192,7 @@ async def _once(service: Service) -> int:
     try:
         return await service.run_once()
     finally:
-        await service.culler.hub.close()
+        await service.culler.close()
 
 
 # -- policy check / schema -----------------------------------------------------------------------

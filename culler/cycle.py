@@ -17,8 +17,9 @@ from culler.hub import HubClient, HubError, HubInterrupted, StopOutcome
 from culler.logs import event
 from culler.policy import Policy
 from culler.probes import Probe
+from culler.proxy_activity import ProxyActivity
 from culler.settler import Settler
-from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of
+from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of, with_route_activity
 from culler.timeutil import utcnow
 
 log = logging.getLogger("culler.cycle")
@@ -87,6 +88,7 @@ class Culler:
         plugins: Mapping[str, PluginFn] | None = None,
         clock: Callable[[], datetime] = utcnow,
         probes: Mapping[str, Probe] | None = None,
+        activity: ProxyActivity | None = None,
     ) -> None:
         self.hub = hub
         self.options = options
@@ -96,16 +98,20 @@ class Culler:
         self._reported: set[tuple[str, str]] = set()
         self._follow_ups: dict[str, asyncio.Task[Result]] = {}
         self.settler = Settler(probes or {}, self._stop)
+        self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
 
     async def run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
         try:
             users = await self.hub.list_users("ready")
+            routes = await self.activity.routes() if self.activity is not None else None
         except HubError as error:
             report.error = f"listing users failed, no stops this cycle: {error}"
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
         servers, problems = snapshots(users)
+        if routes is not None:
+            servers = with_route_activity(servers, routes)
         report.skipped_users = len(problems)
         for problem in problems:
             event(log, logging.WARNING, "user skipped", error=problem, action="keeping its servers")
@@ -200,6 +206,16 @@ class Culler:
             return result
         finally:
             self._follow_ups.pop(server.key, None)
+
+    async def close(self) -> None:
+        """Close every HTTP session: the hub's, the proxy's, the probes'."""
+        await self.hub.close()
+        if self.activity is not None:
+            await self.activity.close()
+        for probe in self.settler.probes.values():
+            close = getattr(probe, "close", None)
+            if close is not None:
+                await close()
 
     async def follow_ups_done(self) -> dict[str, Result]:
         """Wait for the stops still being followed up (``--once``, shutdown and tests)."""

@@ -58,6 +58,8 @@ def evaluate(
     if server.pending or not server.ready:
         state = f"pending {server.pending}" if server.pending else "not ready"
         return Decision(server, Action.SKIP, "-", f"server is {state}")
+    if server.activity_error:
+        return _unsure(server, "-", server.activity_error)
     for rule in policy.rules:
         matched = match(rule.match, server)
         if matched is None:

@@ -289,6 +289,26 @@ class HubClient:
         entry = servers.get(server)
         return not isinstance(entry, dict) or (not entry.get("ready") and not entry.get("pending"))
 
+    async def token_scopes(self, token: str) -> frozenset[str] | None:
+        """The scopes of a caller's hub token (``None`` when the hub does not accept it). One attempt."""
+        url = URL(self.api_url + "user", encoded=True)
+        try:
+            async with self._get_session().get(url, headers={"Authorization": f"token {token}"}) as response:
+                payload, status = await response.read(), response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise HubUnreachable(f"cannot reach the hub API at {self.api_url} to check a token") from error
+        if status in (401, 403):
+            return None
+        if status != 200:
+            raise HubAPIError(f"GET user (token check): the hub answered {status}", status)
+        try:
+            scopes = json.loads(payload).get("scopes")
+        except (ValueError, AttributeError) as error:
+            raise HubProtocolError("GET user (token check): not a JSON object") from error
+        if not isinstance(scopes, list):
+            raise HubProtocolError("GET user (token check): no 'scopes' list")
+        return frozenset(str(scope) for scope in scopes)
+
     async def delete_user(self, user: str, *, abort: asyncio.Event | None = None) -> bool:
         """True when deleted (or already gone)."""
         status, payload = await self.request("DELETE", user_path(user), "users/{name}", abort=abort)

@@ -24,11 +24,18 @@ class PolicyStore:
     """Holds the last good policy. Reads the whole (small) file each poll and compares content
     hashes, so in-place edits, atomic renames and Kubernetes ConfigMap symlink swaps all count."""
 
-    def __init__(self, path: Path | None = None, fixed: Policy | None = None, plugins: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path | None = None,
+        fixed: Policy | None = None,
+        plugins: list[str] | None = None,
+        probes: list[str] | None = None,
+    ):
         if (path is None) == (fixed is None):
             raise ValueError("give exactly one of a policy path or a fixed policy")
         self.path = path
         self.plugins = plugins
+        self.probes = probes  # the settle probes the settings configure (None: not checked)
         self._seen: str | None = None
         source = str(path) if path else "command-line flags"
         fixed_hash = policy_hash(fixed.model_dump_json()) if fixed else None
@@ -47,7 +54,7 @@ class PolicyStore:
             return self.state
         self._seen = digest
         try:
-            policy = parse_policy(_decode(data, self.path), str(self.path), self.plugins)
+            policy = parse_policy(_decode(data, self.path), str(self.path), self.plugins, self.probes)
         except PolicyError as error:
             self._reject(digest, "; ".join(error.errors))
             return self.state

@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     policy_poll: float = Field(10.0, gt=0, description="seconds between checks of the policy file")
     shutdown_timeout: float = Field(5.0, ge=0, description="how long a running cycle may finish at shutdown")
 
+    activity_source: Literal["hub", "proxy"] = Field(
+        "hub", description="hub: the hub's last_activity; proxy: configurable-http-proxy route activity only"
+    )
+    proxy_api_url: str = Field("http://127.0.0.1:8001", description="configurable-http-proxy's API")
+    proxy_api_token: SecretStr | None = Field(None, validation_alias=_env("proxy_api_token", "CONFIGPROXY_AUTH_TOKEN"))
+
+    tree_scan_path: str | None = Field(None, description="the tree-scan probe: home mount, e.g. /mnt/homes/{username}")
+    tree_scan_budget: float = Field(0.05, gt=0, description="tree-scan: seconds of scanning per server per poll")
+    tree_scan_hot_files: int = Field(32, ge=0, description="tree-scan: recently changed files re-checked every poll")
+    prometheus_url: str | None = Field(None, description="the Prometheus probe: Prometheus base URL")
+    prometheus_query: str | None = Field(None, description="PromQL with {username}/{servername} placeholders")
+    prometheus_threshold: float = Field(0.0, description="quiet while the query's value is at most this")
+    settle_poll: float = Field(15.0, gt=0, description="seconds between settle polls")
+    probe_timeout: float = Field(30.0, gt=0, description="seconds one probe may take to answer")
+
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))
@@ -84,9 +99,13 @@ class Settings(BaseSettings):
     def policy_flags_given(self) -> list[str]:
         return [name for name in POLICY_FLAGS if getattr(self, name) is not None]
 
+    def secrets(self) -> list[str]:
+        return [token.get_secret_value() for token in (self.api_token, self.proxy_api_token) if token is not None]
+
     def summary(self) -> dict[str, object]:
         """The effective settings for the start-up log line: secrets redacted."""
         data = self.model_dump(exclude_none=True)
-        if self.api_token is not None:
-            data["api_token"] = "[secret]"
+        for name in ("api_token", "proxy_api_token"):
+            if getattr(self, name) is not None:
+                data[name] = "[secret]"
         return {key: str(value) for key, value in data.items()}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ class ServerSnapshot:
     pending: str | None
     ready: bool
     user_options: dict[str, Any] = field(default_factory=dict)
+    activity_error: str | None = None  # the activity source could not say: never stop on a guess
 
     @property
     def key(self) -> str:
@@ -118,3 +120,19 @@ def user_of(model: object) -> UserSnapshot:
         )
     except ValueError as error:
         raise SnapshotError(f"user {name!r}: {error}") from error
+
+
+def with_route_activity(
+    servers: list[ServerSnapshot], routes: Mapping[tuple[str, str], datetime]
+) -> list[ServerSnapshot]:
+    """Servers with ``last_activity`` taken from the proxy's routes (browser traffic only)."""
+    result = []
+    for server in servers:
+        stamp = routes.get((server.user, server.name))
+        if stamp is not None:
+            result.append(replace(server, last_activity=stamp))
+        elif server.ready and not server.pending:
+            result.append(replace(server, activity_error="the proxy has no route for this server"))
+        else:
+            result.append(server)
+    return result

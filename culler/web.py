@@ -1,13 +1,50 @@
-"""The service's HTTP endpoints under its prefix: readiness (``health``) and liveness (``live``)."""
+"""The service's HTTP endpoints under its prefix: readiness (``health``), liveness (``live``), and the
+settling servers (``api/settling``, for holders of a hub token that may read every server)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]
+SettlingFn = Callable[[], list[dict[str, object]]]
+ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes
+
 HEALTH_KEY = web.AppKey("health", HealthFn)
+SETTLING_KEY = web.AppKey("settling", SettlingFn)
+TOKENS_KEY = web.AppKey("tokens", "TokenCache")
+
+# Whoever may read every server on the hub may see which are settling: nothing new is revealed.
+READ_ALL_SERVERS = frozenset({"read:servers", "admin:servers"})
+
+
+class TokenCache:
+    """Hub answers about tokens, kept briefly (by hash: the cache never holds a token)."""
+
+    def __init__(self, scopes_of: ScopesFn, ttl: float = 60.0) -> None:
+        self.scopes_of = scopes_of
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, frozenset[str] | None]] = {}
+
+    async def scopes(self, token: str) -> frozenset[str] | None:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._seen.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        scopes = await self.scopes_of(token)
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (time.monotonic() + self.ttl, scopes)
+        return scopes
+
+
+def _token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() in ("token", "bearer") and value.strip() else None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -23,11 +60,29 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="jupyterhub-activity-culler\n")
 
 
-def make_app(prefix: str, health_fn: HealthFn) -> web.Application:
+async def settling(request: web.Request) -> web.Response:
+    token = _token(request)
+    if token is None:
+        return web.json_response({"error": "send a hub API token: Authorization: token ..."}, status=401)
+    scopes = await request.app[TOKENS_KEY].scopes(token)
+    if scopes is None:
+        return web.json_response({"error": "the hub does not accept this token"}, status=403)
+    if not scopes & READ_ALL_SERVERS:
+        return web.json_response({"error": "needs a token with read:servers or admin:servers"}, status=403)
+    return web.json_response({"settling": request.app[SETTLING_KEY]()})
+
+
+def make_app(
+    prefix: str, health_fn: HealthFn, settling_fn: SettlingFn | None = None, scopes_fn: ScopesFn | None = None
+) -> web.Application:
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     app = web.Application()
     app[HEALTH_KEY] = health_fn
     app.router.add_get(prefix + "health", health)
     app.router.add_get(prefix + "live", live)
     app.router.add_get(prefix, index)
+    if settling_fn is not None and scopes_fn is not None:
+        app[SETTLING_KEY] = settling_fn
+        app[TOKENS_KEY] = TokenCache(scopes_fn)
+        app.router.add_get(prefix + "api/settling", settling)
     return app

@@ -1,0 +1,73 @@
+"""The ``proxy`` activity source: configurable-http-proxy's routes API, i.e. browser traffic only.
+
+CHP stamps a route's ``last_activity`` on every request and websocket frame through it (and when the
+route is added). It is the purest "reached through the browser" signal: the single-user server's own
+activity reports, which the hub folds into its ``last_activity``, play no part.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import aiohttp
+
+from culler.hub import HubUnreachable
+from culler.timeutil import parse_time
+
+RouteActivity = dict[tuple[str, str], datetime]  # (user, server name) -> last traffic
+
+
+class ProxyActivityError(HubUnreachable):
+    """The proxy's API could not be read: the cycle stops nothing."""
+
+
+class ProxyActivity:
+    def __init__(self, api_url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = api_url.rstrip("/") + "/api/routes"
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxyActivity({self.url!r})"
+
+    async def routes(self) -> RouteActivity:
+        try:
+            if self._session is None or self._session.closed:
+                self._session = aiohttp.ClientSession(
+                    timeout=self._timeout, headers={"Authorization": f"token {self._token}"}
+                )
+            async with self._session.get(self.url) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise ProxyActivityError(
+                f"cannot read the proxy's routes at {self.url} ({type(error).__name__}); is the proxy API "
+                "reachable from here?"
+            ) from error
+        if status != 200:
+            hint = " (check the proxy API token, CONFIGPROXY_AUTH_TOKEN)" if status in (401, 403) else ""
+            raise ProxyActivityError(f"GET {self.url}: the proxy answered {status}{hint}")
+        return parse_routes(payload)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def parse_routes(payload: bytes) -> RouteActivity:
+    """(user, server) -> last activity of every user-server route; garbage raises ProxyActivityError."""
+    try:
+        routes = json.loads(payload)
+        if not isinstance(routes, dict):
+            raise ValueError("not an object")
+        activity: RouteActivity = {}
+        for data in routes.values():
+            if isinstance(data, dict) and isinstance(data.get("user"), str):
+                stamp = parse_time(data.get("last_activity"))
+                if stamp is not None:
+                    activity[(data["user"], str(data.get("server_name") or ""))] = stamp
+        return activity
+    except ValueError as error:
+        raise ProxyActivityError(f"the proxy's routes are not readable: {error}") from error
