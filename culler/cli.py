@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from culler import __version__
@@ -32,10 +33,11 @@ from culler.policy import (
     policy_hash,
     policy_schema,
     shadowed_rules,
+    unconfigured_probes,
 )
 from culler.policy_store import PolicyStore
 from culler.settings import DEFAULT_TIMEOUT, Settings
-from culler.snapshot import ServerSnapshot, SnapshotError, servers_of
+from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, with_route_activity
 from culler.timeutil import utcnow
 
 PROG = "jupyterhub-activity-culler"
@@ -216,8 +218,17 @@ def policy_command(argv: Sequence[str]) -> int:
     return check_policies(args.files)
 
 
+def _configured_probes() -> list[str] | None:
+    """The probes this environment's CULLER_* settings configure (None: the settings don't validate)."""
+    try:
+        return sorted(build_probes(Settings()))
+    except ValidationError:
+        return None
+
+
 def check_policies(files: Sequence[Path]) -> int:
     plugins = sorted(installed_plugins())
+    configured = _configured_probes()
     failed = False
     for path in files:
         try:
@@ -227,7 +238,7 @@ def check_policies(files: Sequence[Path]) -> int:
             for line in error.errors:
                 print(f"error: {line}", file=sys.stderr)
             continue
-        for warning in shadowed_rules(policy):
+        for warning in shadowed_rules(policy) + unconfigured_probes(policy, configured):
             print(f"warning: {path}: {warning}", file=sys.stderr)
         idle = format_duration(None if math.isinf(policy.defaults.idle) else policy.defaults.idle)
         print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {idle}, hash {policy_hash(path.read_bytes())}")
@@ -248,21 +259,28 @@ def explain_command(argv: Sequence[str]) -> int:
     parser.add_argument("target", nargs="?", help="USER or USER/SERVER (default: every ready server)")
     parser.add_argument("--in-force", type=Path, help="the policy in force (default $CULLER_POLICY)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    parser.add_argument(
+        "--service-url",
+        help="the running service, for its settling servers (default: <hub>/services/activity-culler/; "
+        "needs a token with read:servers)",
+    )
     add_service_flags(parser)
     values = vars(parser.parse_args(argv))
     target = values.pop("target", None)
     as_json = values.pop("json", False)
+    service_url = values.pop("service_url", None)
     in_force_path = values.pop("in_force", None) or os.environ.get("CULLER_POLICY")
     candidate_path = values.pop("policy", None)
     settings = settings_from(values)
     plugins = installed_plugins()
     in_force = load_policy(Path(in_force_path), sorted(plugins)) if in_force_path else flags_policy(settings)
     candidate = load_policy(Path(candidate_path), sorted(plugins)) if candidate_path else None
-    servers = asyncio.run(_fetch(make_hub(settings), target))
+    servers = asyncio.run(_fetch(settings, target))
     now = utcnow()
     current = [evaluate(in_force, s, now, plugins) for s in servers]
     if candidate is None or (in_force_path and Path(in_force_path) == Path(candidate_path or "")):
-        _print_decisions(current, now, as_json)
+        settling = asyncio.run(_fetch_settling(service_url or _default_service_url(settings.url), settings))
+        _print_decisions(current, now, as_json, settling)
         return 0
     proposed = [evaluate(candidate, s, now, plugins) for s in servers]
     rows = changes(current, proposed, now)
@@ -270,15 +288,50 @@ def explain_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _print_decisions(decisions: list[Decision], now: Any, as_json: bool) -> None:
+def _print_decisions(decisions: list[Decision], now: Any, as_json: bool, settling: dict[str, Any] | str) -> None:
+    known = settling if isinstance(settling, dict) else None
     if as_json:
         for decision in sorted(decisions, key=lambda d: d.server.key):
-            print(json.dumps(describe(decision, now)))
-    else:
-        print(explain_table(decisions, now))
+            print(json.dumps(describe(decision, now, known)))
+        return
+    print(explain_table(decisions, now, known))
+    if isinstance(settling, str) and any(d.settle is not None for d in decisions):
+        print(f"(settling state unknown: {settling})")
 
 
-async def _fetch(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
+def _default_service_url(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/hub/api") + "/services/activity-culler/"
+
+
+async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any] | str:
+    """The running service's settling servers by label, or why they could not be read."""
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    url = service_url.rstrip("/") + "/api/settling"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url, headers={"Authorization": f"token {token}"}) as response,
+        ):
+            if response.status != 200:
+                return f"{url} answered {response.status}"
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        return f"cannot read {url}: {type(error).__name__}"
+    return {str(item["server"]): item for item in body.get("settling", []) if isinstance(item, dict)}
+
+
+async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]:
+    servers = await _fetch_servers(make_hub(settings), target)
+    activity = make_activity(settings)
+    if activity is None:
+        return servers
+    try:
+        return with_route_activity(servers, await activity.routes())
+    finally:
+        await activity.close()
+
+
+async def _fetch_servers(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
     async with hub:
         if target is None:
             users = await hub.list_users("ready")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from culler.decide import Action, Decision
@@ -12,7 +12,7 @@ from culler.timeutil import isoformat
 
 def verdict(decision: Decision, now: datetime) -> str:
     if decision.action is Action.STOP:
-        return "stop now"
+        return "stop now" if decision.settle is None else f"stop once quiet ({', '.join(decision.settle.probes)})"
     if decision.action is Action.SKIP:
         return "skip-pending"
     if decision.action is Action.EXEMPT:
@@ -23,9 +23,12 @@ def verdict(decision: Decision, now: datetime) -> str:
     return f"keep, stop at {isoformat(decision.stop_at)} (in {format_duration(left)})"
 
 
-def describe(decision: Decision, now: datetime) -> dict[str, str]:
+Settling = Mapping[str, Mapping[str, object]]  # server label -> what the running service reports
+
+
+def describe(decision: Decision, now: datetime, settling: Settling | None = None) -> dict[str, str]:
     server = decision.server
-    return {
+    row = {
         "server": server.label,
         "activity": isoformat(server.activity_time) or "-",
         "source": "last_activity" if server.last_activity else "started",
@@ -34,6 +37,11 @@ def describe(decision: Decision, now: datetime) -> dict[str, str]:
         "decision": verdict(decision, now),
         "reason": decision.reason,
     }
+    info = (settling or {}).get(server.label)
+    if info is not None:
+        row["decision"] = f"settling since {info.get('since')} (cap in {info.get('cap_in')}, then {info.get('at_cap')})"
+        row["reason"] = str(info.get("state"))
+    return row
 
 
 def render(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
@@ -45,8 +53,8 @@ def render(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def explain_table(decisions: Sequence[Decision], now: datetime) -> str:
-    rows = [describe(d, now) for d in sorted(decisions, key=lambda d: d.server.key)]
+def explain_table(decisions: Sequence[Decision], now: datetime, settling: Settling | None = None) -> str:
+    rows = [describe(d, now, settling) for d in sorted(decisions, key=lambda d: d.server.key)]
     return render(rows, ["server", "activity", "idle", "rule", "decision", "reason"])
 
 

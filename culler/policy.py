@@ -192,7 +192,7 @@ def parse_policy(
         policy = Policy.model_validate(raw)
     except ValidationError as error:
         raise PolicyError(source, [_describe(source, raw, item) for item in error.errors()]) from error
-    unknown = _unknown_plugins(policy, plugins) + _unconfigured_probes(policy, probes)
+    unknown = _unknown_plugins(policy, plugins) + unconfigured_probes(policy, probes)
     if unknown:
         raise PolicyError(source, [f"{source}: {line}" for line in unknown])
     return policy
@@ -223,7 +223,7 @@ PROBE_SETTINGS = {
 }
 
 
-def _unconfigured_probes(policy: Policy, probes: Iterable[str] | None) -> list[str]:
+def unconfigured_probes(policy: Policy, probes: Iterable[str] | None) -> list[str]:
     """Probes a policy names that the service's settings do not set up (``probes`` None: don't check)."""
     if probes is None:
         return []
