@@ -429,3 +429,30 @@ c.JupyterHub.load_roles = [{{
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+    # -- homes and the proxy's API (helpers of the settle and proxy-activity tests) -----------------
+
+    @property
+    def home_template(self) -> str:
+        """Where the spawner puts a user's home, with ``{username}``: the tree-scan probe's template."""
+        return str(self.workdir / "home" / "{username}")
+
+    def home(self, user: str) -> Path:
+        """A user's home under this hub (real servers get it created; cheap ones do not)."""
+        return self.workdir / "home" / user
+
+    @property
+    def proxy_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_api_port}"
+
+    async def proxy_routes(self) -> dict[str, Any]:
+        """configurable-http-proxy's routes (``GET /api/routes`` with the proxy token): path -> route data."""
+        headers = {"Authorization": f"token {self.proxy_token}"}
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.get(f"{self.proxy_api_url}/api/routes") as response,
+        ):
+            if response.status != 200:
+                raise RuntimeError(f"GET {self.proxy_api_url}/api/routes: {response.status}")
+            routes: dict[str, Any] = await response.json(content_type=None)
+            return routes

@@ -9,6 +9,7 @@ Quiet is vouched from the first of an unbroken series of quiet answers, by this 
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import aiohttp
@@ -40,12 +41,23 @@ class PrometheusProbe:
     async def observe(self, server: ServerSnapshot) -> Observation:
         try:
             value = await self._value(self.query_for(server))
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as error:
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+        ) as error:
             self._quiet_since.pop(server.key, None)
             return unknown(f"query failed: {type(error).__name__}: {str(error)[:200]}", error=True)
         if value is None:
             self._quiet_since.pop(server.key, None)
             return unknown("the query returned no data", error=True)
+        if math.isnan(value):  # NaN > threshold is False: it must not read as quiet
+            self._quiet_since.pop(server.key, None)
+            return unknown("the query returned NaN", error=True)
         if value > self.threshold:
             self._quiet_since.pop(server.key, None)
             return active(f"value {value:g} > {self.threshold:g}")
@@ -56,15 +68,25 @@ class PrometheusProbe:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         async with self._session.get(self.url, params={"query": query}) as response:
-            body = json.loads(await response.read())
-            if response.status != 200 or body.get("status") != "success":
-                raise ValueError(f"Prometheus answered {response.status}: {str(body.get('error'))[:200]}")
+            raw, status = await response.read(), response.status
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"Prometheus answered {status} with a body that is not JSON") from None
+        if status != 200 or body.get("status") != "success":
+            raise ValueError(f"Prometheus answered {status}: {str(body.get('error'))[:200]}")
         result = body["data"]["result"]
         if body["data"]["resultType"] == "scalar":
             return float(result[1])
         if not result:
             return None
-        return max(float(series["value"][1]) for series in result)
+        values = [float(series["value"][1]) for series in result]
+        # max() with a NaN depends on the order; any series above the threshold is activity, else
+        # any NaN means "cannot tell".
+        known = [v for v in values if not math.isnan(v)]
+        if len(known) < len(values) and not (known and max(known) > self.threshold):
+            return math.nan
+        return max(known)
 
     def forget(self, key: str) -> None:
         self._quiet_since.pop(key, None)

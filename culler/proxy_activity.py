@@ -66,8 +66,9 @@ def parse_routes(payload: bytes) -> RouteActivity:
         for data in routes.values():
             if isinstance(data, dict) and isinstance(data.get("user"), str):
                 stamp = parse_time(data.get("last_activity"))
-                if stamp is not None:
-                    activity[(data["user"], str(data.get("server_name") or ""))] = stamp
+                key = (data["user"], str(data.get("server_name") or ""))
+                if stamp is not None and (key not in activity or stamp > activity[key]):
+                    activity[key] = stamp  # several routes for one server: the newest traffic counts
         return activity
     except ValueError as error:
         raise ProxyActivityError(f"the proxy's routes are not readable: {error}") from error

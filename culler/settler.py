@@ -36,8 +36,15 @@ class Settling:
     observations: dict[str, Observation] = field(default_factory=dict)
     reason: str = "no observation yet"
     at_cap: bool = False
+    stopping: bool = False  # the stop is being sent: still "busy" for the cycle, no longer polled
     errors_logged: set[str] = field(default_factory=set)
     tasks: dict[str, asyncio.Task[Observation]] = field(default_factory=dict)
+
+    def cancel_tasks(self) -> None:
+        """Probe calls still running when settling ends must not write stale per-server state back."""
+        for task in self.tasks.values():
+            task.cancel()
+        self.tasks.clear()
 
     @property
     def waited(self) -> float:
@@ -93,6 +100,8 @@ class Settler:
         """After a cycle: end settling for servers that saw new activity or are no longer running."""
         current = {decision.server.key: decision for decision in decisions}
         for key, settling in list(self.settling.items()):
+            if settling.stopping:
+                continue  # the stop is on its way: its result is the stop's business
             now = current.get(key)
             before = settling.decision.server.activity_time
             if now is None or now.action is Action.SKIP:
@@ -102,13 +111,28 @@ class Settler:
 
     async def poll(self) -> None:
         """One settle poll over every settling server, concurrently."""
-        await asyncio.gather(*(self._poll_one(s) for s in list(self.settling.values())))
+        settlings = [s for s in self.settling.values() if not s.stopping]
+        results = await asyncio.gather(*(self._poll_one(s) for s in settlings), return_exceptions=True)
+        for settling, result in zip(settlings, results, strict=True):
+            if isinstance(result, Exception):  # one server's surprise must not end the others' polls
+                server = settling.decision.server
+                event(
+                    log,
+                    logging.ERROR,
+                    "settle poll failed",
+                    server=server.key,
+                    error=f"{type(result).__name__}: {result}",
+                )
+            elif isinstance(result, BaseException):
+                raise result
 
     async def _poll_one(self, settling: Settling) -> None:
         settle = settling.decision.settle
         assert settle is not None
         names = list(settle.probes)
         observations = await asyncio.gather(*(self._observe(settling, name) for name in names))
+        if self.settling.get(settling.decision.server.key) is not settling:
+            return  # reconciled away while the probes ran
         settling.observations = dict(zip(names, observations, strict=True))
         self._log_errors(settling)
         verdict, settling.reason = judge(settling.observations, settle, settling.waited)
@@ -120,15 +144,22 @@ class Settler:
                 self._event(logging.WARNING, "settle cap reached; keeping the server", settling)
             return
         key = settling.decision.server.key
-        if key not in self.settling:  # reconciled away while the probes ran
-            return
-        self.settling.pop(key)
+        if self.settling.get(key) is not settling or settling.stopping:
+            return  # reconciled away (or admitted anew) while the probes ran
+        settling.stopping = True
+        settling.cancel_tasks()
         self._forget(key)
         unverified = verdict is Verdict.STOP_UNVERIFIED
         if unverified:
             self.stopped_unverified += 1
             self._event(logging.WARNING, "settle cap reached; stopping unverified", settling)
-        await self._stop(settling.decision, "unverified" if unverified else "verified")
+        try:
+            # Kept in ``settling`` until the stop returns, so that a cycle running meanwhile does not
+            # find the server due and not busy, and admit it again.
+            await self._stop(settling.decision, "unverified" if unverified else "verified")
+        finally:
+            if self.settling.get(key) is settling:
+                del self.settling[key]
 
     async def _observe(self, settling: Settling, name: str) -> Observation:
         """Ask one probe, bounded; an earlier call still running (a slow scan) is not doubled."""
@@ -137,11 +168,21 @@ class Settler:
             return unknown(f"probe {name!r} is not configured", error=True)
         task = settling.tasks.get(name)
         if task is None or task.done():
-            task = settling.tasks[name] = asyncio.ensure_future(probe.observe(settling.decision.server))
+            if task is not None and not task.cancelled():
+                task.exception()  # an answer that came after its timeout: retrieved, not used (stale)
+            try:
+                task = settling.tasks[name] = asyncio.ensure_future(probe.observe(settling.decision.server))
+            except Exception as error:  # a probe that fails before it even starts
+                return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.probe_timeout)
         except TimeoutError:
             return unknown(f"no answer within {self.probe_timeout:g}s", error=True)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                return unknown("settling ended while the probe ran")  # the probe call was cancelled, not us
+            raise
         except Exception as error:  # a probe's failure means "cannot tell", never "quiet"
             return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
 
@@ -175,12 +216,16 @@ class Settler:
 
     def _drop(self, key: str, why: str) -> None:
         settling = self.settling.pop(key)
+        settling.cancel_tasks()
         self._forget(key)
         self._event(logging.INFO, why, settling)
 
     def _forget(self, key: str) -> None:
-        for probe in self.probes.values():
-            probe.forget(key)
+        for name, probe in self.probes.items():
+            try:
+                probe.forget(key)
+            except Exception as error:
+                event(log, logging.WARNING, "settle probe forget failed", probe=name, server=key, error=repr(error))
 
     def describe(self) -> list[dict[str, object]]:
         return [self.settling[key].describe() for key in sorted(self.settling)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,6 +123,10 @@ class _ServerScan:
     quiet_for: float = 0.0
     passes: int = 0
     hot: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # A poll runs in a worker thread; forget() runs on the event loop. The lock keeps them from
+    # closing the walk's directory iterators under a running step (a use-after-free in scandir).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    forgotten: bool = False
 
     def unsettle(self) -> None:
         self.stable_since = None
@@ -149,18 +154,40 @@ class TreeScanProbe:
         root = self.root_for(server)
         scan = self._scans.get(server.key)
         if scan is None or scan.root != root:
+            if scan is not None:
+                self.forget(server.key)
             scan = self._scans[server.key] = _ServerScan(root)
         return await asyncio.to_thread(self.poll, scan)
 
     def forget(self, key: str) -> None:
         scan = self._scans.pop(key, None)
-        if scan is not None:
-            scan.unsettle()
+        if scan is None:
+            return
+        scan.forgotten = True  # a poll still running closes the walk when it ends
+        if scan.lock.acquire(blocking=False):
+            try:
+                scan.unsettle()
+            finally:
+                scan.lock.release()
 
     def poll(self, scan: _ServerScan) -> Observation:
-        """One budgeted poll (runs in a worker thread)."""
+        """One budgeted poll (runs in a worker thread); one poll at a time per home."""
+        if not scan.lock.acquire(blocking=False):
+            return unknown("an earlier scan of this home is still running")
+        try:
+            return self._poll(scan)
+        finally:
+            if scan.forgotten:
+                scan.unsettle()
+            scan.lock.release()
+
+    def _poll(self, scan: _ServerScan) -> Observation:
         started = time.monotonic()
-        changed = _hot_change(scan.hot)
+        try:
+            changed = _hot_change(scan.hot)
+        except OSError as error:
+            scan.unsettle()
+            return unknown(f"cannot read {error.filename}: {error.strerror or error}", error=True)
         if changed:
             scan.unsettle()
             scan.hot = {}
@@ -171,7 +198,8 @@ class TreeScanProbe:
             complete = scan.walk.step(started + self.budget)
         except (ScanError, OSError) as error:
             scan.unsettle()
-            detail = str(error) if isinstance(error, ScanError) else f"cannot read {scan.root}: {error.strerror}"
+            where = scan.root if isinstance(error, ScanError) else error.filename or scan.root
+            detail = str(error) if isinstance(error, ScanError) else f"cannot read {where}: {error.strerror or error}"
             return unknown(detail, error=True)
         if not complete:
             so_far = f"; quiet for {format_duration(scan.quiet_for)} so far" if scan.stable_since is not None else ""

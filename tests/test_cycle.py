@@ -338,3 +338,174 @@ async def test_a_slow_stop_holds_up_nothing(fake: FakeHub, make_culler: CullerFa
     assert len(fake.deletes) == 2
     culler.stopping.set()
     assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Result.SLOW}
+
+
+# -- the settle gate: due servers wait for a quiet home (tree-scan probe on tmp_path homes) ---------
+
+SETTLE = {"probes": ["tree-scan"], "window": 0.2, "max_deferral": 30}
+SETTLE_POLICY = Policy.model_validate(
+    {
+        "version": 1,
+        "defaults": {"idle": "1h", "settle": SETTLE},
+        "rules": [{"id": "scratch", "match": {"servers": ["scratch"]}, "settle": {}}],
+    }
+)
+
+
+@pytest.fixture
+async def make_settling_culler(fake: FakeHub, aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[CullerFactory]:
+    from culler.treescan import TreeScanProbe
+
+    server = await aiohttp_server(fake.make_app())
+    cullers: list[Culler] = []
+
+    def factory(**options: Any) -> Culler:
+        client = HubClient(str(server.make_url(API)), fake.token, retries=0, request_timeout=5.0)
+        probe = TreeScanProbe(str(tmp_path / "{username}"), budget=1.0)
+        defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
+        culler = Culler(client, CycleOptions(**{**defaults, **options}), clock=lambda: NOW, probes={"tree-scan": probe})
+        cullers.append(culler)
+        return culler
+
+    yield factory
+    for culler in cullers:
+        await culler.close()
+
+
+def home(tmp_path: Any, user: str) -> Any:
+    root = tmp_path / user
+    (root / "work").mkdir(parents=True)
+    for index in range(20):
+        (root / "work" / f"notebook{index}.ipynb").write_text("{}")
+    return root
+
+
+async def settle_polls(culler: Culler, done: Callable[[], bool], deadline: float = 5.0) -> int:
+    """Run settle polls until ``done()`` (failing at the deadline); the number of polls."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    polls = 0
+    while not done():
+        assert loop.time() < end, "deadline passed"
+        await culler.settler.poll()
+        polls += 1
+        await asyncio.sleep(0.02)
+    return polls
+
+
+async def test_a_due_server_settles_then_stops(fake: FakeHub, make_settling_culler: CullerFactory, tmp_path) -> None:
+    home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler()
+    admitted = asyncio.get_running_loop().time()
+    first = await culler.run(SETTLE_POLICY)
+    assert first.results == {"alice/": Result.SETTLING}
+    assert fake.deletes == []
+    second = await culler.run(SETTLE_POLICY)  # still due: neither admitted twice nor stopped directly
+    assert second.results == {} and fake.deletes == []
+    assert list(culler.settler.settling) == ["alice/"]
+    await settle_polls(culler, lambda: bool(fake.deletes))
+    assert asyncio.get_running_loop().time() - admitted >= 0.2  # not before the window
+    assert fake.deleted_servers() == [("alice", "")]
+    assert culler.settler.settling == {} and culler.settler.stopped_unverified == 0
+    third = await culler.run(SETTLE_POLICY)
+    assert third.results == {} and len(fake.deletes) == 1
+
+
+async def test_new_activity_cancels_settling(fake: FakeHub, make_settling_culler: CullerFactory, tmp_path) -> None:
+    from fakehub import iso
+
+    home(tmp_path, "alice")
+    model = fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler()
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    await culler.settler.poll()
+    model["last_activity"] = iso(ago(minutes=5))  # the user came back through the browser
+    report = await culler.run(SETTLE_POLICY)
+    assert report.results == {} and culler.settler.settling == {}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 1.0  # five windows: a quiet home would have been stopped by now
+    while loop.time() < end:
+        await culler.settler.poll()
+        await asyncio.sleep(0.02)
+    assert fake.deletes == []
+
+
+async def test_still_due_after_new_activity_settles_afresh(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    from fakehub import iso
+
+    home(tmp_path, "alice")
+    model = fake.add_server("alice", last_activity=ago(hours=3))
+    culler = make_settling_culler()
+    await culler.run(SETTLE_POLICY)
+    before = culler.settler.settling["alice/"]
+    model["last_activity"] = iso(ago(hours=2))  # newer, still idle past the limit
+    report = await culler.run(SETTLE_POLICY)
+    assert report.results == {"alice/": Result.SETTLING}
+    assert culler.settler.settling["alice/"] is not before
+    await settle_polls(culler, lambda: bool(fake.deletes))
+    assert fake.deleted_servers() == [("alice", "")]
+
+
+async def test_settling_never_holds_up_other_stops(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    fake.add_server("bob", "scratch", last_activity=ago(hours=2))  # rule "scratch": settle {} -> stop at once
+    fake.add_server("carol", last_activity=ago(minutes=10))
+    culler = make_settling_culler()
+    report = await culler.run(SETTLE_POLICY)
+    assert report.results == {"alice/": Result.SETTLING, "bob/scratch": Result.STOPPED}
+    assert fake.deleted_servers() == [("bob", "scratch")]
+    await settle_polls(culler, lambda: len(fake.deletes) == 2)
+    assert fake.deleted_servers() == [("bob", "scratch"), ("alice", "")]
+    assert fake.running("carol")
+
+
+async def test_a_home_being_written_to_defers_the_stop(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    root = home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler()
+    await culler.run(SETTLE_POLICY)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 1.0
+    with open(root / "work" / "train.log", "a") as log_file:
+        while loop.time() < end:  # a job still writing: five windows long
+            log_file.write("epoch done\n")
+            log_file.flush()
+            await culler.settler.poll()
+            await asyncio.sleep(0.02)
+    assert fake.deletes == []
+    [info] = culler.settler.describe()
+    assert info["server"] == "alice" and "tree-scan" in info["probes"]  # type: ignore[operator]
+    stopped_writing = loop.time()
+    await settle_polls(culler, lambda: bool(fake.deletes))
+    assert loop.time() - stopped_writing >= 0.2
+    assert culler.settler.stopped_unverified == 0
+
+
+async def test_an_unreadable_home_is_stopped_at_the_cap(fake: FakeHub, make_settling_culler: CullerFactory) -> None:
+    fake.add_server("nohome", last_activity=ago(hours=2))  # no directory under tmp_path
+    policy = Policy.model_validate(
+        {"version": 1, "defaults": {"idle": "1h", "settle": {**SETTLE, "window": 0.1, "max_deferral": 0.4}}}
+    )
+    culler = make_settling_culler()
+    assert (await culler.run(policy)).results == {"nohome/": Result.SETTLING}
+    await culler.settler.poll()
+    assert fake.deletes == []
+    await settle_polls(culler, lambda: bool(fake.deletes))
+    assert culler.settler.stopped_unverified == 1
+
+
+async def test_dry_run_settles_but_stops_nothing(fake: FakeHub, make_settling_culler: CullerFactory, tmp_path) -> None:
+    home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler(dry_run=True)
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    await settle_polls(culler, lambda: not culler.settler.settling)  # "would stop" once settled
+    assert fake.deletes == []

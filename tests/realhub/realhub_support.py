@@ -210,3 +210,49 @@ def install_plugin_package(target: Path) -> str:
     (dist / "INSTALLER").write_text("culler-tests\n")
     errors = [line.strip() for line in result.stderr.splitlines() if "error:" in line] or ["pip failed"]
     return f"a hand-written dist-info (pip could not build offline: {errors[0]})"
+
+
+def start_culler_hub_with(
+    workdir: Path, policy_text: str, env_for: Callable[[LocalHub], dict[str, str | None]], **kwargs: Any
+) -> Iterator[CullerHub]:
+    """Like ``start_culler_hub``, with service settings that depend on the hub being started: ``env_for``
+    gets each attempt's ``LocalHub`` (its workdir, proxy port and token) and returns CULLER_* variables
+    to add to the hub's environment (the snippet passes them on to the service)."""
+    try:
+        find_proxy()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    policy = workdir / "policy.yaml"
+    policy.write_text(policy_text)
+    for attempt in (1, 2):
+        hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
+        hub.env.update(env_for(hub))
+        try:
+            asyncio.run(hub.start())
+            asyncio.run(hub.wait_service(SERVICE))
+            break
+        except (RuntimeError, TimeoutError):
+            hub.stop()
+            if attempt == 2:
+                raise
+    try:
+        yield CullerHub(hub, policy)
+    finally:
+        hub.stop()
+
+
+def start_process(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A helper process of a test (writer, Prometheus...) in its own session, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Terminate a process this test started (by its own handle), kill it if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

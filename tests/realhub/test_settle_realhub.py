@@ -1,0 +1,245 @@
+"""The settle gate against a real JupyterHub + configurable-http-proxy, with the tree-scan probe.
+
+The service scans the homes the hub's spawner uses (``<hub workdir>/home/{username}``); writers are
+real processes appending to files there. One hub for the module; each group of user names has its
+own rule. Windows, caps and polls are seconds so the module stays short.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from realhub_support import CullerHub, start_culler_hub_with, start_process, stop_process, wait_for
+
+from culler.durations import parse_duration
+
+pytestmark = pytest.mark.realhub
+
+IDLE = 4  # the real writer's server: a real server's start (3-5 s) does not count against it
+CAP_IDLE = 3
+WINDOW = 3
+CAP = 8
+SETTLE_POLL = 1
+CULL_EVERY = 2
+# The tree-scan vouches for quiet between the end of one pass and the start of a later equal pass,
+# so after the last write the stop comes within the window plus up to two polls; a cycle and the
+# hub's stop are on top (and the test sees the log line at its own polling pace).
+STOP_BOUND = WINDOW + 2 * SETTLE_POLL + CULL_EVERY + 3
+
+POLICY = f"""\
+version: 1
+defaults:
+  idle: 1h
+rules:
+  - id: writer
+    match: {{users: ["real-writer*"]}}
+    idle: {IDLE}s
+    settle: {{probes: [tree-scan], window: {WINDOW}s, max_deferral: 60s}}
+  - id: cap-stop
+    match: {{users: ["cap-stop-*"]}}
+    idle: {CAP_IDLE}s
+    settle: {{probes: [tree-scan], window: {WINDOW}s, max_deferral: {CAP}s, at_cap: stop}}
+  - id: cap-skip
+    match: {{users: ["cap-skip-*"]}}
+    idle: {CAP_IDLE}s
+    settle: {{probes: [tree-scan], window: {WINDOW}s, max_deferral: {CAP}s, at_cap: skip}}
+"""
+
+WRITER = """\
+import sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+with open(path, "a") as out:
+    while time.monotonic() < end:
+        out.write("x" * 64 + "\\n")
+        out.flush()
+        time.sleep(0.2)
+"""
+
+Writer = Callable[[Path, float], "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
+    yield from start_culler_hub_with(
+        tmp_path_factory.mktemp("settle"),
+        POLICY,
+        lambda hub: {"CULLER_TREE_SCAN_PATH": hub.home_template, "CULLER_SETTLE_POLL": f"{SETTLE_POLL}"},
+        dry_run=False,
+        cull_every=CULL_EVERY,
+        # The hub records a server's first last_activity (its route's creation) at its next proxy poll;
+        # until then the service counts from the server's start. A poll every second gets that done
+        # before any server here is due (a later jump would cancel and restart the settling).
+        last_activity_interval=1,
+    )
+
+
+@pytest.fixture(autouse=True)
+async def policy_in_force(hub: CullerHub) -> None:
+    await hub.wait_policy(POLICY)
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    """Start writer processes (append to a file every 0.2 s for N seconds); all are stopped at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(path: Path, seconds: float) -> subprocess.Popen[bytes]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        process = start_process([sys.executable, "-c", WRITER, str(path), f"{seconds:g}"], tmp_path / "writer.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop_process(process)
+
+
+async def exited(process: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for a process to end; the monotonic time it was seen ended."""
+
+    async def ended() -> bool:
+        return process.poll() is not None
+
+    await wait_for(ended, timeout, f"process {process.pid} to end", interval=0.1)
+    return time.monotonic()
+
+
+def assert_no_restart(hub: CullerHub, since: int, *users: str) -> None:
+    """Settling was never cancelled by "new activity" (none happened: no traffic reached these servers)."""
+    for user in users:
+        restarts = hub.events("new activity; settling cancelled, the server stays", since, user=user)
+        assert not restarts, f"{user}: settling restarted on a spurious activity change: {restarts}"
+
+
+async def settling_state(hub: CullerHub, user: str) -> dict[str, object] | None:
+    """The service's settling entry for ``user``'s default server (its ``api/settling``), if any."""
+    status, body = await hub.get(hub.service_url() + "api/settling", token=hub.admin_token)
+    assert status == 200, f"api/settling: {status} {body}"
+    return next((entry for entry in body["settling"] if entry["server"] == user), None)
+
+
+def waited(event: dict[str, str]) -> float:
+    seconds = parse_duration(event["waited"])
+    assert seconds is not None
+    return seconds
+
+
+async def test_writer_defers_the_stop(hub: CullerHub, writer: Writer) -> None:
+    """A real server whose home a process keeps writing to is due, but stopped only once the home has
+    been quiet for the settle window; the stop is counted verified."""
+    user = "real-writer"
+    since = hub.log_offset()
+    ready = await hub.start_servers((user, "", None))
+    home = hub.home(user)
+    assert home.is_dir(), "the spawner did not create the user's home where the probe looks"
+    data = home / "results" / "output.log"
+    write_for = IDLE + WINDOW + 5  # well past the moment the server is due plus a window
+    process = writer(data, write_for)
+
+    admitted = await hub.wait_event("settling before stop", timeout=IDLE + 15, since=since, user=user)
+    assert process.poll() is None, "the writer ended before the server was due: the test proves nothing"
+    assert admitted["rule"] == "writer" and admitted["probes"] == "tree-scan"
+
+    async def probe_sees_writes() -> bool:
+        state = await settling_state(hub, user)
+        probes = state["probes"] if state else {}
+        return str(probes.get("tree-scan", "")).startswith("active")  # type: ignore[union-attr]
+
+    await wait_for(probe_sees_writes, 10, "the tree-scan probe to report the writer (api/settling)")
+    assert process.poll() is None, "the writer ended before the probe saw it"
+
+    writer_end = await exited(process, write_for + 10)
+    last_write = data.stat().st_mtime
+    assert writer_end - ready >= IDLE + WINDOW + 3, "the writer did not run well past idle + window"
+    assert await hub.is_running(user), "the server was stopped while its home was being written to"
+    assert not hub.events("server stopped", since, user=user)
+    assert_no_restart(hub, since, user)
+
+    event = await hub.wait_event("server stopped", timeout=STOP_BOUND + 10, since=since, user=user)
+    after_last_write = time.time() - last_write
+    print(f"\nwriter end -> 'server stopped' seen: {after_last_write:.1f}s (bound {STOP_BOUND}s)")
+    assert event["settle"] == "verified"
+    assert event["rule"] == "writer"
+    assert after_last_write >= WINDOW - 0.1, "stopped before the home was quiet for the window"
+    assert after_last_write <= STOP_BOUND, f"stopped {after_last_write:.1f}s after the last write"
+    await hub.wait_server(user, ready=False, timeout=10)
+
+
+async def test_never_ending_writer_meets_the_cap(hub: CullerHub, writer: Writer) -> None:
+    """A home that never settles: at max_deferral, at_cap: stop stops it unverified; at_cap: skip keeps
+    the server (reported once) and still stops it, verified, once the writer ends."""
+    stop_user, skip_user = "cap-stop-writer", "cap-skip-writer"
+    since = hub.log_offset()
+    stop_writer = writer(hub.home(stop_user) / "out.log", CAP + 40)
+    skip_writer = writer(hub.home(skip_user) / "out.log", CAP + 40)
+    await hub.start_servers((stop_user, "", None), (skip_user, "", None))
+
+    capped = await hub.wait_event(
+        "settle cap reached; stopping unverified", timeout=CAP_IDLE + CAP + 15, since=since, user=stop_user
+    )
+    assert waited(capped) >= CAP
+    stopped = await hub.wait_event("server stopped", timeout=10, since=since, user=stop_user)
+    assert stopped["settle"] == "unverified" and stopped["rule"] == "cap-stop"
+    assert stop_writer.poll() is None, "the writer ended: the cap was not what stopped the server"
+    await hub.wait_server(stop_user, ready=False, timeout=10)
+
+    kept = await hub.wait_event("settle cap reached; keeping the server", timeout=15, since=since, user=skip_user)
+    assert waited(kept) >= CAP
+    await hub.wait_cycles(2, since=hub.log_offset())  # a few more settle polls past the cap
+    assert skip_writer.poll() is None, "the writer ended: the test proves nothing"
+    assert await hub.is_running(skip_user), "at_cap: skip stopped the server"
+    assert not hub.events("server stopped", since, user=skip_user)
+    assert len(hub.events("settle cap reached; keeping the server", since, user=skip_user)) == 1
+    state = await settling_state(hub, skip_user)
+    assert state is not None and state["cap_in"] == "reached" and state["at_cap"] == "skip"
+
+    # at_cap: skip keeps deferring: once the home is quiet for the window the server is stopped, verified
+    stop_process(skip_writer)
+    quiet_from = time.monotonic()
+    event = await hub.wait_event("server stopped", timeout=STOP_BOUND + 10, since=since, user=skip_user)
+    print(f"\nheld server: writer end -> 'server stopped' seen: {time.monotonic() - quiet_from:.1f}s")
+    assert event["settle"] == "verified"
+    assert_no_restart(hub, since, stop_user, skip_user)
+
+
+async def test_unreadable_home_defers_until_the_cap(hub: CullerHub) -> None:
+    """The probe cannot read the home (missing; a file, not a directory): the stop is deferred, the
+    failure logged once per server, and the cap decides."""
+    missing, not_dir = "cap-stop-missing", "cap-skip-notdir"
+    assert not hub.home(missing).exists()
+    hub.home(not_dir).write_text("not a directory\n")
+    since = hub.log_offset()
+    await hub.start_servers((missing, "", None), (not_dir, "", None))
+
+    for user, home in ((missing, hub.home(missing)), (not_dir, hub.home(not_dir))):
+        failed = await hub.wait_event(
+            "settle probe cannot tell; deferring the stop", timeout=CAP_IDLE + 15, since=since, user=user
+        )
+        assert failed["probe"] == "tree-scan" and str(home) in failed["error"], failed
+
+    capped = await hub.wait_event(
+        "settle cap reached; stopping unverified", timeout=CAP + 15, since=since, user=missing
+    )
+    assert waited(capped) >= CAP
+    stopped = await hub.wait_event("server stopped", timeout=10, since=since, user=missing)
+    assert stopped["settle"] == "unverified"
+    await hub.wait_server(missing, ready=False, timeout=10)
+
+    await hub.wait_event("settle cap reached; keeping the server", timeout=15, since=since, user=not_dir)
+    await hub.wait_cycles(2, since=hub.log_offset())
+    assert await hub.is_running(not_dir), "at_cap: skip stopped a server whose home could not be read"
+    assert not hub.events("server stopped", since, user=not_dir)
+
+    # the one who stays is stopped by hand; the service lets it go
+    await hub.api("DELETE", f"users/{not_dir}/server")
+    await hub.wait_event("server no longer running; settling ends", timeout=15, since=since, user=not_dir)
+    assert_no_restart(hub, since, missing, not_dir)
+    for user in (missing, not_dir):
+        failures = hub.events("settle probe cannot tell; deferring the stop", since, user=user)
+        assert len(failures) == 1, f"{user}: the probe failure was logged {len(failures)} times"

@@ -1,0 +1,129 @@
+"""The api/settling endpoint: who may read it (hub token scopes), and the token cache."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from culler.web import TOKENS_KEY, TokenCache, make_app
+
+SETTLING = [{"server": "alice", "rule": "gpu", "since": "2025-06-01T12:00:00Z", "probes": {"tree-scan": "unknown"}}]
+TOKENS = {
+    "admin-token-000001": frozenset({"admin:servers", "read:servers", "read:users"}),
+    "reader-token-00002": frozenset({"read:servers"}),
+    "alice-token-000003": frozenset({"read:servers!user=alice", "access:servers!user=alice"}),
+    "users-token-000004": frozenset({"read:users", "list:users"}),
+    "group-token-000005": frozenset({"read:servers!group=staff"}),
+}
+
+
+class Scopes:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def __call__(self, token: str) -> frozenset[str] | None:
+        self.calls.append(token)
+        return TOKENS.get(token)
+
+
+def health() -> tuple[bool, dict[str, object]]:
+    return True, {"status": "ok"}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> Any:
+    scopes = Scopes()
+    test_client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, scopes))
+    test_client.scopes = scopes
+    return test_client
+
+
+URL = "/services/culler/api/settling"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": ""}, 401),
+        ({"Authorization": "token "}, 401),
+        ({"Authorization": "Basic YWxpY2U6cHc="}, 401),
+        ({"Authorization": "token not-a-hub-token"}, 403),
+        ({"Authorization": "token alice-token-000003"}, 403),
+        ({"Authorization": "token group-token-000005"}, 403),
+        ({"Authorization": "token users-token-000004"}, 403),
+        ({"Authorization": "token reader-token-00002"}, 200),
+        ({"Authorization": "Bearer reader-token-00002"}, 200),
+        ({"Authorization": "token admin-token-000001"}, 200),
+    ],
+    ids=[
+        "none",
+        "empty",
+        "empty-token",
+        "basic",
+        "rejected",
+        "user-filtered",
+        "group-filtered",
+        "no-server-scope",
+        "read-servers",
+        "bearer",
+        "admin-servers",
+    ],
+)
+async def test_who_may_read_the_settling_servers(client: Any, headers: dict[str, str], status: int) -> None:
+    response = await client.get(URL, headers=headers)
+    assert response.status == status
+    body = await response.json()
+    if status == 200:
+        assert body == {"settling": SETTLING}
+    else:
+        assert "settling" not in body and "error" in body
+    if status == 401:
+        assert client.scopes.calls == []  # no token, no hub call
+
+
+async def test_other_endpoints_need_no_token(client: Any) -> None:
+    assert (await client.get("/services/culler/health")).status == 200
+    assert (await client.get("/services/culler/live")).status == 200
+
+
+async def test_without_a_settling_function_there_is_no_endpoint(aiohttp_client: Any) -> None:
+    test_client = await aiohttp_client(make_app("/", health))
+    assert (await test_client.get("/api/settling", headers={"Authorization": "token x"})).status == 404
+
+
+async def test_repeated_requests_ask_the_hub_once_and_the_cache_holds_no_token(client: Any) -> None:
+    for _ in range(5):
+        assert (await client.get(URL, headers={"Authorization": "token reader-token-00002"})).status == 200
+        assert (await client.get(URL, headers={"Authorization": "token not-a-hub-token"})).status == 403
+    assert client.scopes.calls == ["reader-token-00002", "not-a-hub-token"]
+    cache: TokenCache = client.server.app[TOKENS_KEY]
+    keys = set(cache._seen)
+    assert keys == {hashlib.sha256(t.encode()).hexdigest() for t in ("reader-token-00002", "not-a-hub-token")}
+    stored = repr(cache._seen)
+    assert "reader-token-00002" not in stored and "not-a-hub-token" not in stored
+
+
+async def test_the_cache_asks_again_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 1000.0}
+    monkeypatch.setattr("culler.web.time", SimpleNamespace(monotonic=lambda: clock["now"]))  # not the real module
+    scopes = Scopes()
+    cache = TokenCache(scopes, ttl=60)
+    assert await cache.scopes("reader-token-00002") == frozenset({"read:servers"})
+    clock["now"] += 59
+    await cache.scopes("reader-token-00002")
+    assert len(scopes.calls) == 1
+    clock["now"] += 2
+    await cache.scopes("reader-token-00002")
+    assert len(scopes.calls) == 2
+
+
+async def test_the_cache_stays_bounded() -> None:
+    scopes = Scopes()
+    cache = TokenCache(scopes, ttl=60)
+    for index in range(2500):
+        await cache.scopes(f"token-{index}")
+    assert len(cache._seen) <= 1001
