@@ -17,7 +17,7 @@ from culler.hub import HubClient, HubError, HubInterrupted, StopOutcome
 from culler.logs import event
 from culler.policy import Policy
 from culler.probes import Probe
-from culler.proxy_activity import ProxyActivity
+from culler.proxy_activity import ProxyActivity, ProxyActivityError
 from culler.settler import Settler
 from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of, with_route_activity
 from culler.timeutil import utcnow
@@ -97,7 +97,7 @@ class Culler:
         self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
         self._reported: set[tuple[str, str]] = set()
         self._follow_ups: dict[str, asyncio.Task[Result]] = {}
-        self.settler = Settler(probes or {}, self._stop)
+        self.settler = Settler(probes or {}, self._stop, confirm=self._still_due)
         self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
 
     async def run(self, policy: Policy) -> CycleReport:
@@ -106,7 +106,8 @@ class Culler:
             users = await self.hub.list_users("ready")
             routes = await self.activity.routes() if self.activity is not None else None
         except HubError as error:
-            report.error = f"listing users failed, no stops this cycle: {error}"
+            what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
+            report.error = f"{what} failed, no stops this cycle: {error}"
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
         servers, problems = snapshots(users)
@@ -135,7 +136,8 @@ class Culler:
         busy = self._follow_ups.keys() | self.settler.settling.keys()
         due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in busy]
         ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
-        report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction)
+        settling = len(self.settler.settling)
+        report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction, settling)
         if report.guard.tripped:
             event(
                 log,
@@ -144,6 +146,7 @@ class Culler:
                 due=len(due),
                 limit=report.guard.limit,
                 held=len(report.guard.held),
+                settling=settling,
                 ready=ready,
             )
         for decision in report.guard.held:
@@ -206,6 +209,31 @@ class Culler:
             return result
         finally:
             self._follow_ups.pop(server.key, None)
+
+    async def _still_due(self, decision: Decision) -> bool | None:
+        """Fresh look at one settled server right before its stop (see ``ConfirmFn``)."""
+        before = decision.server
+        try:
+            model = await self.hub.get_user(before.user)
+            routes = await self.activity.routes() if self.activity is not None else None
+            found = [s for s in servers_of(model) if s.name == before.name] if model is not None else []
+        except (HubError, SnapshotError) as error:
+            event(
+                log,
+                logging.WARNING,
+                "cannot confirm a settled server is still idle",
+                server=before.key,
+                error=str(error),
+            )
+            return None
+        if not found:
+            return False
+        now = with_route_activity(found, routes)[0] if routes is not None else found[0]
+        if now.activity_error:
+            return None
+        if now.pending or not now.ready:
+            return False
+        return not (now.activity_time and before.activity_time and now.activity_time > before.activity_time)
 
     async def close(self) -> None:
         """Close every HTTP session: the hub's, the proxy's, the probes'."""

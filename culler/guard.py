@@ -31,8 +31,12 @@ def stop_limit(ready: int, max_stops: int, max_fraction: float) -> int:
     return min(by_fraction, max_stops) if max_stops > 0 else by_fraction
 
 
-def apply_guard(due: Sequence[Decision], ready: int, max_stops: int, max_fraction: float) -> GuardResult:
-    """Keep the longest-idle servers up to the cap; the rest wait for a later cycle."""
+def apply_guard(
+    due: Sequence[Decision], ready: int, max_stops: int, max_fraction: float, pending: int = 0
+) -> GuardResult:
+    """Keep the longest-idle servers up to the cap; the rest wait for a later cycle. ``pending`` stops
+    already on their way (settling servers) count against the cap, so settling cannot bypass it."""
     limit = stop_limit(ready, max_stops, max_fraction)
+    room = max(0, limit - pending)
     ordered = sorted(due, key=lambda decision: decision.sort_key)
-    return GuardResult(allowed=ordered[:limit], held=ordered[limit:], limit=limit)
+    return GuardResult(allowed=ordered[:room], held=ordered[room:], limit=limit)

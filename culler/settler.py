@@ -26,6 +26,9 @@ from culler.timeutil import isoformat, utcnow
 log = logging.getLogger("culler.settle")
 
 StopFn = Callable[[Decision, str], Awaitable[object]]  # decision, settle note ("verified"/"unverified")
+# Right before a settled stop: is the server still due by fresh hub data? True yes, False no (new
+# activity, or gone), None cannot tell (then wait: a hub outage must not let stale decisions through).
+ConfirmFn = Callable[[Decision], Awaitable[bool | None]]
 
 
 @dataclass
@@ -68,9 +71,16 @@ class Settling:
 
 
 class Settler:
-    def __init__(self, probes: Mapping[str, Probe], stop: StopFn, probe_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        stop: StopFn,
+        probe_timeout: float = 30.0,
+        confirm: ConfirmFn | None = None,
+    ) -> None:
         self.probes = dict(probes)
         self._stop = stop
+        self._confirm = confirm
         self.probe_timeout = probe_timeout
         self.settling: dict[str, Settling] = {}
         self.stopped_unverified = 0
@@ -146,6 +156,8 @@ class Settler:
         key = settling.decision.server.key
         if self.settling.get(key) is not settling or settling.stopping:
             return  # reconciled away (or admitted anew) while the probes ran
+        if not await self._confirmed(settling):
+            return
         settling.stopping = True
         settling.cancel_tasks()
         self._forget(key)
@@ -160,6 +172,21 @@ class Settler:
         finally:
             if self.settling.get(key) is settling:
                 del self.settling[key]
+
+    async def _confirmed(self, settling: Settling) -> bool:
+        if self._confirm is None:
+            return True
+        still_due = await self._confirm(settling.decision)
+        key = settling.decision.server.key
+        if self.settling.get(key) is not settling or settling.stopping:
+            return False
+        if still_due is False:
+            self._drop(key, "new activity or no longer running; settling ends, no stop")
+            return False
+        if still_due is None:
+            settling.reason = f"{settling.reason}; waiting: the hub could not confirm the server is still idle"
+            return False
+        return True
 
     async def _observe(self, settling: Settling, name: str) -> Observation:
         """Ask one probe, bounded; an earlier call still running (a slow scan) is not doubled."""

@@ -509,3 +509,56 @@ async def test_dry_run_settles_but_stops_nothing(fake: FakeHub, make_settling_cu
     assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
     await settle_polls(culler, lambda: not culler.settler.settling)  # "would stop" once settled
     assert fake.deletes == []
+
+
+async def test_settling_counts_against_the_mass_stop_guard(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    """Settling servers are stops on their way: cycles cannot admit more than the cap in total."""
+    names = [f"user{index:02d}" for index in range(12)]
+    for index, name in enumerate(names):
+        home(tmp_path, name)
+        fake.add_server(name, last_activity=ago(hours=2 + index))
+    culler = make_settling_culler(max_stops=3)
+    for _ in range(4):
+        await culler.run(SETTLE_POLICY)
+        assert len(culler.settler.settling) <= 3
+    await settle_polls(culler, lambda: len(fake.deletes) >= 3)
+    assert len(fake.deletes) == 3  # one poll stops the three admitted, never twelve
+    assert sorted(fake.deleted_servers()) == [(name, "") for name in names[-3:]]  # the longest idle
+
+
+async def test_a_settled_stop_is_confirmed_with_fresh_hub_data(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    """Cycles failing (no reconcile) must not let a stale decision through: the user came back."""
+    home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler()
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    fake.fail("GET", USERS, status=500, times=-1)  # the listing is down from now on
+    fake.users["alice"]["servers"][""]["last_activity"] = ago(seconds=1).isoformat()  # the user is back
+    failed = await culler.run(SETTLE_POLICY)
+    assert not failed.ok
+    await settle_polls(culler, lambda: "alice/" not in culler.settler.settling)
+    assert fake.deletes == []
+
+
+async def test_a_settled_stop_waits_while_the_hub_cannot_confirm(
+    fake: FakeHub, make_settling_culler: CullerFactory, tmp_path
+) -> None:
+    home(tmp_path, "alice")
+    fake.add_server("alice", last_activity=ago(hours=2))
+    culler = make_settling_culler()
+    await culler.run(SETTLE_POLICY)
+    fake.fail("GET", USERS + "/alice", status=503, times=-1)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 1.0  # well past the 0.2 s window
+    while loop.time() < end:
+        await culler.settler.poll()
+        await asyncio.sleep(0.05)
+    assert fake.deletes == [] and "alice/" in culler.settler.settling
+    assert "could not confirm" in culler.settler.describe()[0]["state"]
+    fake.faults.clear()
+    await settle_polls(culler, lambda: bool(fake.deletes))
+    assert fake.deleted_servers() == [("alice", "")]

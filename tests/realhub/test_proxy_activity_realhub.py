@@ -80,7 +80,7 @@ async def test_only_proxy_traffic_keeps_a_server(hub: CullerHub) -> None:
 
     browsed, untouched, direct = "real-browsed", "real-untouched", "real-direct"
     since = hub.log_offset()
-    await hub.start_servers((browsed, "", None), (untouched, "", None), (direct, "", None))
+    ready = await hub.start_servers((browsed, "", None), (untouched, "", None), (direct, "", None))
     browsed_token, direct_token = await hub.user_token(browsed), await hub.user_token(direct)
     routes = await hub.proxy_routes()
     target = routes[f"/user/{direct}"]["target"]
@@ -89,9 +89,10 @@ async def test_only_proxy_traffic_keeps_a_server(hub: CullerHub) -> None:
 
     direct_stopped_at: float | None = None
     direct_hub_activity: datetime | None = None
-    traffic_end = time.monotonic() + IDLE + 8
+    # Browse until the other two are stopped and the browsed one is well past its idle limit.
+    kept_past, deadline = ready + IDLE + 3, ready + IDLE + 25
     async with aiohttp.ClientSession() as session:
-        while time.monotonic() < traffic_end:
+        while True:
             headers = {"Authorization": f"token {browsed_token}"}
             async with session.get(through_proxy, headers=headers, allow_redirects=False) as response:
                 assert response.status == 200, f"GET {through_proxy}: {response.status}"
@@ -105,6 +106,10 @@ async def test_only_proxy_traffic_keeps_a_server(hub: CullerHub) -> None:
                     await hub.wait_event("server stopped", timeout=5, since=since, user=direct)
                 if hub.events("server stopped", since, user=direct):
                     direct_stopped_at = time.time()
+            others_stopped = direct_stopped_at is not None and hub.events("server stopped", since, user=untouched)
+            if others_stopped and time.monotonic() >= kept_past:
+                break
+            assert time.monotonic() < deadline, "the servers without browser traffic were not stopped"
             await asyncio.sleep(1)
 
     assert await hub.is_running(browsed), "a server browsed through the proxy was stopped"
