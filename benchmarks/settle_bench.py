@@ -174,15 +174,22 @@ class TimedProbe(TreeScanProbe):
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.passes = 0  # passes completed by the last polled server
+        self.pass_spans: list[tuple[float, float]] = []  # per completed pass: (end, first to completing poll)
+        self._walk_began = 0.0
 
     def poll(self, scan: ServerScan) -> Observation:
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        started, cpu_started, before = time.perf_counter(), time.thread_time(), scan.passes
+        if scan.walk is None:
+            self._walk_began = time.monotonic()
         try:
             return super().poll(scan)
         finally:
             self.cpu.append(time.thread_time() - cpu_started)
             self.wall.append(time.perf_counter() - started)
             self.passes = scan.passes
+            if scan.passes > before:
+                now = time.monotonic()
+                self.pass_spans.append((now, now - self._walk_began))
 
 
 def sync_polls(probe: TimedProbe, root: Path, passes: int) -> list[Observation]:
@@ -196,7 +203,7 @@ def sync_polls(probe: TimedProbe, root: Path, passes: int) -> list[Observation]:
     return observations
 
 
-def report_polls(label: str, probe: TimedProbe, budget: float, report: Report) -> float:
+def report_polls(label: str, probe: TimedProbe, budget: float, report: Report) -> None:
     """Wall-clock poll times against the budget, and the poll thread's CPU time (preemption excluded)."""
     wall, cpu = probe.wall, probe.cpu
     worst = max(wall) - budget
@@ -208,22 +215,19 @@ def report_polls(label: str, probe: TimedProbe, budget: float, report: Report) -
         f"{ms(max(0.0, worst))} — {verdict_mark(worst * 1000 <= OVERRUN_TARGET_MS)}; {over} polls over target",
     )
     report.add(f"{label}: poll thread CPU time p99 / max", " / ".join(ms(v) for v in _spread(cpu)[1:]))
-    return worst
 
 
 def _spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), percentile(values, 99), max(values)
 
 
-def bench_budget(root: Path, budget: float, passes: int, report: Report) -> tuple[float, float]:
+def bench_budget(root: Path, budget: float, passes: int, report: Report) -> None:
     probe = TimedProbe(str(root), budget=budget, hot_size=HOT_SIZE)
     observations = sync_polls(probe, root, passes)
-    worst = report_polls("sync poll", probe, budget, report)
-    per_pass = len(probe.wall) / passes
-    report.add("polls per pass at this budget", f"{per_pass:.1f}")
+    report_polls("sync poll", probe, budget, report)
+    report.add("polls per pass at this budget", f"{len(probe.wall) / passes:.1f}")
     if observations[-1].seen is not Seen.QUIET:
         report.note(f"after {passes} passes of a static tree the probe said {observations[-1]}")
-    return worst, per_pass
 
 
 # ---------------------------------------------------------------------------------------------- 4. loop lag
@@ -256,7 +260,7 @@ async def scan_while_sampling(probe: TimedProbe | None, passes: int, idle: float
     return lags
 
 
-def bench_lag(root: Path, budget: float, passes: int, report: Report) -> tuple[float, float]:
+def bench_lag(root: Path, budget: float, passes: int, report: Report) -> None:
     baseline = asyncio.run(scan_while_sampling(None, 0, idle=2.0))
     probe = TimedProbe(str(root), budget=budget, hot_size=HOT_SIZE)
     lags = asyncio.run(scan_while_sampling(probe, passes, idle=0.0))
@@ -266,8 +270,7 @@ def bench_lag(root: Path, budget: float, passes: int, report: Report) -> tuple[f
         f"loop lag while scanning p50 / p99 / max (target p99 < {LAG_P99_TARGET_MS:g} ms)",
         f"{ms(p50)} / {ms(p99)} / {ms(worst)} — {verdict_mark(p99 * 1000 < LAG_P99_TARGET_MS)} ({len(lags)} samples)",
     )
-    overrun = report_polls("observe (to_thread, loop busy)", probe, budget, report)
-    return p99, overrun
+    report_polls("observe (to_thread, loop busy)", probe, budget, report)
 
 
 # ---------------------------------------------------------------------------------------------- 5. settle
@@ -278,7 +281,7 @@ class SettleTrial:
     last_write: float
     settled: float | None
     early: bool  # a STOP verdict came before the writer's last write
-    polls: int
+    pass_wall: float  # the longest pass ending after the last write, first poll to completing poll
 
 
 def start_writer(path: Path, duration: float) -> subprocess.Popen[str]:
@@ -287,7 +290,7 @@ def start_writer(path: Path, duration: float) -> subprocess.Popen[str]:
 
 
 async def settle_trial(root: Path, target: Path, args: argparse.Namespace) -> SettleTrial:
-    probe = TreeScanProbe(str(root), budget=args.budget, hot_size=HOT_SIZE)
+    probe = TimedProbe(str(root), budget=args.budget, hot_size=HOT_SIZE)
     settle = Settle(probes=["tree-scan"], window=args.window, max_deferral=3600)
     snapshot, began = server(), time.monotonic()
     writer = start_writer(target, args.write_for)
@@ -306,11 +309,13 @@ async def settle_trial(root: Path, target: Path, args: argparse.Namespace) -> Se
     out, _ = writer.communicate()
     last_write = float(out.strip())
     early = early or (stop_at is not None and stop_at < last_write)
-    return SettleTrial(last_write, None if stop_at is None else stop_at - last_write, early, polls)
+    settled = None if stop_at is None else stop_at - last_write
+    pass_wall = max((span for end, span in probe.pass_spans if end > last_write), default=0.0)
+    return SettleTrial(last_write, settled, early, pass_wall)
 
 
-def settle_bound(args: argparse.Namespace, polls_per_pass: float) -> tuple[float, float, float]:
-    """(pass wall time W, the naive figure window + 2 polls + W, the worst case the probe's design allows).
+def settle_bound(args: argparse.Namespace, pass_wall: float) -> tuple[float, float]:
+    """(the naive figure window + 2 polls + W, the worst case the probe's design allows).
 
     A pass of ``n`` polls spans ``W = (n - 1) * poll`` from its first to its last poll. After a hot-set hit the
     probe clears its hot set, so the last write may land in a pass that watches nothing and has already
@@ -318,7 +323,7 @@ def settle_bound(args: argparse.Namespace, polls_per_pass: float) -> tuple[float
     (2 polls) that ends W later. Quiet counts from that end to the *start* of a later equal pass: passes start
     every W + poll, so the first start at least ``window`` later is ``gap`` after it; it reports when done (W).
     """
-    poll, pass_wall = args.poll, (math.ceil(polls_per_pass) - 1) * args.poll
+    poll = args.poll
     gap = (
         poll
         if args.window <= poll
@@ -326,17 +331,18 @@ def settle_bound(args: argparse.Namespace, polls_per_pass: float) -> tuple[float
     )
     naive = args.window + 2 * poll + pass_wall
     worst = pass_wall + 2 * poll + pass_wall + gap + pass_wall
-    return pass_wall, naive, worst
+    return naive, worst
 
 
-def bench_settle(root: Path, target: Path, args: argparse.Namespace, polls_per_pass: float, report: Report) -> None:
+def bench_settle(root: Path, target: Path, args: argparse.Namespace, report: Report) -> None:
     trials = [asyncio.run(settle_trial(root, target, args)) for _ in range(args.trials)]
-    pass_wall, naive, worst = settle_bound(args, polls_per_pass)
+    pass_wall = max(t.pass_wall for t in trials)
+    naive, worst = settle_bound(args, pass_wall)
     times = [t.settled for t in trials if t.settled is not None]
     label = f"last write → settled (window {args.window:g} s, poll {args.poll:g} s, {len(trials)} trials)"
     median = f"; median {secs(statistics.median(times))}" if times else ""
     report.add(label, ", ".join(secs(t) for t in times) + median)
-    report.add("pass wall time W = (polls per pass - 1) * poll", secs(pass_wall))
+    report.add("pass wall time W (longest pass after a last write, first to last poll)", secs(pass_wall))
     report.add("naive expectation: window + 2 polls + W", secs(naive))
     report.add("worst case of the current design (see note)", secs(worst))
     if len(times) < len(trials):
@@ -452,11 +458,11 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
     section("full pass")
     bench_full_pass(root, args.repeats, report)
     section(f"per-poll budget adherence (budget {ms(args.budget)}, deadline checked every {CHECK_EVERY} entries)")
-    _, polls_per_pass = bench_budget(root, args.budget, args.passes, report)
+    bench_budget(root, args.budget, args.passes, report)
     section("event-loop lag while scanning")
     bench_lag(root, args.budget, args.passes, report)
     section("writer's last write → settled")
-    bench_settle(root, target, args, polls_per_pass, report)
+    bench_settle(root, target, args, report)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -152,7 +152,7 @@ def _remove(policy: Policy, rule: Rule | None, server: ServerSnapshot) -> bool:
 
 
 def _settle(policy: Policy, rule: Rule | None) -> Settle | None:
-    settle = rule.settle if rule is not None and rule.settle is not None else policy.defaults.settle
+    settle = policy.settle_for(rule)
     return settle if settle.probes else None
 
 

@@ -80,7 +80,7 @@ ProbeName = Literal["tree-scan", "prometheus"]
 class Settle(_Model):
     """Before a due server is stopped, wait until these probes vouch that its home is quiet."""
 
-    probes: list[ProbeName] = Field(
+    probes: Annotated[list[ProbeName], BeforeValidator(_as_list)] = Field(
         default_factory=list, description="probes configured in the service's settings; none: stop at once"
     )
     window: Duration = Field(120, description="how long every probe must vouch for quiet")
@@ -91,11 +91,21 @@ class Settle(_Model):
 
     @model_validator(mode="after")
     def _window_fits(self) -> Settle:
-        if self.probes and not self.window > 0:
-            raise ValueError("window must be longer than 0s")
-        if self.probes and self.max_deferral <= self.window:
-            raise ValueError("max_deferral must be longer than window, or no server could ever settle")
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def problem(self) -> str | None:
+        if self.probes and not self.window > 0:
+            return "window must be longer than 0s"
+        if self.probes and self.max_deferral <= self.window:
+            return "max_deferral must be longer than window, or no server could ever settle"
+        return None
+
+    def under(self, defaults: Settle) -> Settle:
+        """This (a rule's) settle section with the fields it does not set taken from ``defaults``."""
+        return defaults.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
 
 
 class Defaults(_Model):
@@ -155,6 +165,22 @@ class Policy(_Model):
             rules.append(rule if rule.id else rule.model_copy(update={"id": rule_id}))
         object.__setattr__(self, "rules", rules)
         return self
+
+    @model_validator(mode="after")
+    def _rule_settles(self) -> Policy:
+        for index, rule in enumerate(self.rules):
+            problem = self.settle_for(rule).problem()
+            if problem:
+                raise PydanticCustomError(
+                    "rule_settle", "{problem} (with defaults.settle filling in)", {"index": index, "problem": problem}
+                )
+        return self
+
+    def settle_for(self, rule: Rule | None) -> Settle:
+        """The settle section in force for a rule: its own fields over the defaults'."""
+        if rule is None or rule.settle is None:
+            return self.defaults.settle
+        return rule.settle.under(self.defaults.settle)
 
     def uses_groups(self) -> bool:
         return any(rule.match is not None and rule.match.groups is not None for rule in self.rules)
@@ -242,8 +268,8 @@ def unconfigured_probes(policy: Policy, probes: Iterable[str] | None) -> list[st
 
 def _describe(source: str, raw: dict[str, Any], item: Any) -> str:
     loc = list(item["loc"])
-    if item["type"] == "rule_id":
-        loc = ["rules", item["ctx"]["index"], "id"]
+    if item["type"] in ("rule_id", "rule_settle"):
+        loc = ["rules", item["ctx"]["index"], "id" if item["type"] == "rule_id" else "settle"]
     where = ""
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         index = loc[1]

@@ -118,6 +118,8 @@ class Settler:
                 self._drop(key, "server no longer running; settling ends")
             elif now.server.activity_time and before and now.server.activity_time > before:
                 self._drop(key, "new activity; settling cancelled, the server stays")
+            elif now.action is not Action.STOP:  # e.g. a policy edit exempted it
+                self._drop(key, f"no longer due ({now.reason}); settling ends, no stop")
 
     async def poll(self) -> None:
         """One settle poll over every settling server, concurrently."""

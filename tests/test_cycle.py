@@ -347,7 +347,7 @@ SETTLE_POLICY = Policy.model_validate(
     {
         "version": 1,
         "defaults": {"idle": "1h", "settle": SETTLE},
-        "rules": [{"id": "scratch", "match": {"servers": ["scratch"]}, "settle": {}}],
+        "rules": [{"id": "scratch", "match": {"servers": ["scratch"]}, "settle": {"probes": []}}],
     }
 )
 
@@ -454,7 +454,7 @@ async def test_settling_never_holds_up_other_stops(
 ) -> None:
     home(tmp_path, "alice")
     fake.add_server("alice", last_activity=ago(hours=2))
-    fake.add_server("bob", "scratch", last_activity=ago(hours=2))  # rule "scratch": settle {} -> stop at once
+    fake.add_server("bob", "scratch", last_activity=ago(hours=2))  # rule "scratch": no probes -> stop at once
     fake.add_server("carol", last_activity=ago(minutes=10))
     culler = make_settling_culler()
     report = await culler.run(SETTLE_POLICY)

@@ -32,7 +32,7 @@ rules:
     settle: {probes: [tree-scan, prometheus], window: 5m, max_deferral: 1h, at_cap: skip}
   - id: scratch
     match: {servers: ["scratch-*"]}
-    settle: {}
+    settle: {probes: []}
   - id: aged
     match: {users: ["old-*"]}
     idle: never
@@ -168,9 +168,9 @@ def test_evaluate_attaches_settle_only_to_stops_with_probes() -> None:
     assert plain.settle == policy.defaults.settle
     gpu = evaluate(policy, server(user_options={"gpu": "a100"}), NOW)
     assert gpu.action is Action.STOP and gpu.rule_id == "gpu"
-    assert gpu.settle == policy.rules[1].settle  # the rule's settle overrides the defaults'
+    assert gpu.settle == policy.rules[1].settle  # the rule sets every field: nothing inherited
     scratch = evaluate(policy, server(name="scratch-1"), NOW)
-    assert scratch.action is Action.STOP and scratch.settle is None  # "settle: {}": stop at once
+    assert scratch.action is Action.STOP and scratch.settle is None  # "settle: {probes: []}": stop at once
     aged = evaluate(policy, server(user="old-timer", last_activity=NOW), NOW)
     assert aged.action is Action.STOP and "max age" in aged.reason
     assert aged.settle == policy.defaults.settle  # max-age stops settle too
@@ -198,3 +198,22 @@ def test_settle_defaults() -> None:
     settle = Settle(probes=["tree-scan"])
     assert (settle.window, settle.max_deferral, settle.at_cap) == (120, 6 * 3600, "stop")
     assert Settle(probes=["tree-scan"], window=60, max_deferral="never").max_deferral == math.inf
+
+
+def test_a_rule_settle_inherits_the_fields_it_does_not_set() -> None:
+    policy = parse(
+        "version: 1\ndefaults:\n  idle: 1h\n  settle: {probes: tree-scan, window: 2m, max_deferral: 3h, at_cap: skip}\n"
+        "rules:\n  - id: slow\n    match: {users: [a]}\n    settle: {window: 5m}\n"
+    )
+    settle = evaluate(policy, server(user="a"), NOW).settle
+    assert settle is not None
+    assert (settle.probes, settle.window, settle.max_deferral, settle.at_cap) == (["tree-scan"], 300, 3 * 3600, "skip")
+
+
+def test_an_inherited_settle_that_cannot_settle_is_rejected() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse(
+            "version: 1\ndefaults:\n  settle: {probes: [tree-scan], window: 2m, max_deferral: 1h}\n"
+            "rules:\n  - id: long\n    match: {users: [a]}\n    settle: {window: 2h}\n"
+        )
+    assert "rules[0] (id 'long'): settle: max_deferral must be longer than window" in str(caught.value)

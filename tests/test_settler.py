@@ -172,7 +172,6 @@ async def test_probe_answers_cannot_cancel_settling() -> None:
     for _ in range(5):
         await settler.poll()
         settler.reconcile([decision])  # the same activity: still due
-        settler.reconcile([keep(decision.server)])  # even a "keep" with no newer activity does not end it
     assert "alice/" in settler and stops.calls == []
     assert probe.forgotten == []
 
@@ -183,6 +182,7 @@ async def test_probe_answers_cannot_cancel_settling() -> None:
         pytest.param(lambda s: [keep(replace(s, last_activity=T0 + timedelta(seconds=1)))], id="new-activity"),
         pytest.param(lambda s: [due(replace(s, last_activity=T0 + timedelta(minutes=5)))], id="new-activity-due"),
         pytest.param(lambda s: [], id="gone"),
+        pytest.param(lambda s: [keep(s)], id="no-longer-due"),  # a policy edit, or a doubt: never stop then
         pytest.param(
             lambda s: [Decision(replace(s, pending="stop", ready=False), Action.SKIP, "-", "pending stop")],
             id="pending",
