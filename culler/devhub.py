@@ -456,3 +456,18 @@ c.JupyterHub.load_roles = [{{
                 raise RuntimeError(f"GET {self.proxy_api_url}/api/routes: {response.status}")
             routes: dict[str, Any] = await response.json(content_type=None)
             return routes
+
+    def kill_leftovers(self) -> list[int]:
+        """SIGKILL processes still running in this hub's workdir (its proxy, services, servers), for when
+        the hub exited on its own (e.g. a managed service failed at start-up): ``stop`` finds them only
+        as children of a live hub, and the proxy runs in its own session, so it would outlive the test."""
+        root = str(self.workdir.resolve())
+        killed = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError):
+                cwd = os.readlink(proc / "cwd").removesuffix(" (deleted)")
+                pid = int(proc.name)
+                if pid != os.getpid() and (cwd == root or cwd.startswith(root + os.sep)):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        return killed

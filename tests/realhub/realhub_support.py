@@ -233,6 +233,7 @@ def start_culler_hub_with(
             break
         except (RuntimeError, TimeoutError):
             hub.stop()
+            hub.kill_leftovers()  # a hub that exited by itself leaves its proxy running
             if attempt == 2:
                 raise
     try:
