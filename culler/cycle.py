@@ -99,9 +99,11 @@ class Culler:
         self._follow_ups: dict[str, asyncio.Task[Result]] = {}
         self.settler = Settler(probes or {}, self._stop, confirm=self._still_due)
         self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
+        self._policy: Policy | None = None  # the latest cycle's, for confirming settled stops
 
     async def run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
+        self._policy = policy
         try:
             users = await self.hub.list_users("ready")
             routes = await self.activity.routes() if self.activity is not None else None
@@ -211,7 +213,8 @@ class Culler:
             self._follow_ups.pop(server.key, None)
 
     async def _still_due(self, decision: Decision) -> bool | None:
-        """Fresh look at one settled server right before its stop (see ``ConfirmFn``)."""
+        """Fresh look at one settled server right before its stop (see ``ConfirmFn``): still due under
+        the policy of the latest cycle, by the hub's (and the proxy's) current data?"""
         before = decision.server
         try:
             model = await self.hub.get_user(before.user)
@@ -226,14 +229,13 @@ class Culler:
                 error=str(error),
             )
             return None
-        if not found:
-            return False
+        if not found or self._policy is None:
+            return False if not found else None
         now = with_route_activity(found, routes)[0] if routes is not None else found[0]
-        if now.activity_error:
+        fresh = evaluate(self._policy, now, self.clock(), self.plugins)
+        if fresh.error:
             return None
-        if now.pending or not now.ready:
-            return False
-        return not (now.activity_time and before.activity_time and now.activity_time > before.activity_time)
+        return fresh.action is Action.STOP
 
     async def close(self) -> None:
         """Close every HTTP session: the hub's, the proxy's, the probes'."""

@@ -107,7 +107,7 @@ class Settler:
         )
 
     def reconcile(self, decisions: list[Decision]) -> None:
-        """After a cycle: end settling for servers that saw new activity or are no longer running."""
+        """After a cycle: end settling for servers no longer due (new activity, a policy edit) or running."""
         current = {decision.server.key: decision for decision in decisions}
         for key, settling in list(self.settling.items()):
             if settling.stopping:
@@ -116,9 +116,11 @@ class Settler:
             before = settling.decision.server.activity_time
             if now is None or now.action is Action.SKIP:
                 self._drop(key, "server no longer running; settling ends")
+            elif now.action is Action.STOP:
+                continue  # still due (activity that does not undo that, e.g. under max age, changes nothing)
             elif now.server.activity_time and before and now.server.activity_time > before:
                 self._drop(key, "new activity; settling cancelled, the server stays")
-            elif now.action is not Action.STOP:  # e.g. a policy edit exempted it
+            else:  # e.g. a policy edit exempted it
                 self._drop(key, f"no longer due ({now.reason}); settling ends, no stop")
 
     async def poll(self) -> None:

@@ -24,6 +24,8 @@ _delete_users = os.environ.get("CULLER_DELETE_USERS", "false").lower() in ("1", 
 _SNIPPET_ONLY = {"CULLER_SERVICE_NAME", "CULLER_SERVICE_PORT", "CULLER_DRY_RUN", "CULLER_DELETE_USERS", "CULLER_PYTHON"}
 _passed_on = {k: v for k, v in os.environ.items() if k.startswith("CULLER_") and k not in _SNIPPET_ONLY}
 _passed_on["CULLER_DRY_RUN"] = "true" if _dry_run else "false"
+if "CONFIGPROXY_AUTH_TOKEN" in os.environ:  # for --activity-source=proxy (the hub's own proxy token)
+    _passed_on.setdefault("CULLER_PROXY_API_TOKEN", os.environ["CONFIGPROXY_AUTH_TOKEN"])
 
 _command = [os.environ.get("CULLER_PYTHON", sys.executable), "-m", "culler"]
 

@@ -133,11 +133,6 @@ async def test_only_proxy_traffic_keeps_a_server(hub: CullerHub) -> None:
     assert not hub.events("cycle failed", since)
 
 
-@pytest.mark.xfail(
-    reason="deploy/jupyterhub/culler_service.py passes only CULLER_* variables on: CONFIGPROXY_AUTH_TOKEN "
-    "in the hub's environment never reaches the service, which exits, and the hub exits with it",
-    raises=(RuntimeError, TimeoutError),
-)
 async def test_configproxy_auth_token_reaches_the_service(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The token set the usual way (CONFIGPROXY_AUTH_TOKEN in the hub's environment, as Zero to JupyterHub
     does) must reach the service through the snippet."""
