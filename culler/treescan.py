@@ -189,8 +189,7 @@ class TreeScanProbe:
             scan.unsettle()
             return unknown(f"cannot read {error.filename}: {error.strerror or error}", error=True)
         if changed:
-            scan.unsettle()
-            scan.hot = {}
+            scan.unsettle()  # the hot set stays (refreshed): an ongoing writer shows at every poll
             return active(f"{changed} changed")
         if scan.walk is None:
             scan.walk, scan.walk_started = TreeWalk(scan.root, self.hot_size), started
@@ -231,11 +230,16 @@ class TreeScanProbe:
 
 
 def _hot_change(hot: dict[str, tuple[int, int]]) -> str | None:
-    for path, (ctime, size) in hot.items():
+    """The first hot file that changed since last seen (None: none did); updates ``hot`` in place."""
+    changed: list[str] = []
+    for path, (ctime, size) in list(hot.items()):
         try:
             stat = os.lstat(path)
         except FileNotFoundError:
-            return path
+            del hot[path]
+            changed.append(path)
+            continue
         if stat.st_ctime_ns != ctime or stat.st_size != size:
-            return path
-    return None
+            hot[path] = (stat.st_ctime_ns, stat.st_size)
+            changed.append(path)
+    return changed[0] if changed else None

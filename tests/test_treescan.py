@@ -254,6 +254,24 @@ def test_hot_set_catches_a_write_to_a_recent_file_mid_pass(tmp_path: Path) -> No
     assert scan.walk is None  # the pass in progress was abandoned
 
 
+def test_an_ongoing_writer_shows_at_every_poll(tmp_path: Path) -> None:
+    """After an active poll the hot set is refreshed, not dropped: a writer appending to a hot file is
+    seen by every poll, not only by the first one of each pass."""
+    root = make_tree(tmp_path / "home", dirs=30, files=50)
+    tick()
+    recent = root / "dir7" / "recent.log"
+    recent.write_text("line\n")
+    probe, scan = TreeScanProbe(str(root), budget=0.0, hot_size=8), _ServerScan(str(root))
+    full_pass(probe, scan)
+    for _ in range(5):
+        tick()
+        with open(recent, "a") as handle:
+            handle.write("another line\n")
+        observation = probe.poll(scan)
+        assert observation.seen is Seen.ACTIVE and str(recent) in observation.detail
+    assert probe.poll(scan).seen is not Seen.ACTIVE  # the writer paused: the hot set took its last state
+
+
 def test_hot_set_holds_the_most_recently_changed_entries(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "home", dirs=5, files=20)
     tick()
