@@ -16,8 +16,9 @@ from culler.snapshot import ServerSnapshot
 class Probe(Protocol):
     name: str
 
-    async def observe(self, server: ServerSnapshot) -> Observation:
-        """Active, quiet for N seconds, or cannot tell. Raising counts as "cannot tell"."""
+    async def observe(self, server: ServerSnapshot, window: float = 0.0) -> Observation:
+        """Active, quiet for N seconds, or cannot tell. Raising counts as "cannot tell". ``window`` is
+        the quiet the settle step needs (a probe may pace its work by it)."""
         ...
 
     def forget(self, key: str) -> None: ...

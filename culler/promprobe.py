@@ -38,7 +38,7 @@ class PrometheusProbe:
             "{servername}", _promql_string(server.name)
         )
 
-    async def observe(self, server: ServerSnapshot) -> Observation:
+    async def observe(self, server: ServerSnapshot, window: float = 0.0) -> Observation:
         try:
             value = await self._value(self.query_for(server))
         except (

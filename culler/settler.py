@@ -202,7 +202,9 @@ class Settler:
             if task is not None and not task.cancelled():
                 task.exception()  # an answer that came after its timeout: retrieved, not used (stale)
             try:
-                task = settling.tasks[name] = asyncio.ensure_future(probe.observe(settling.decision.server))
+                task = settling.tasks[name] = asyncio.ensure_future(
+                    probe.observe(settling.decision.server, settling.decision.settle.window)
+                )
             except Exception as error:  # a probe that fails before it even starts
                 return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
         try:

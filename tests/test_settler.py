@@ -67,7 +67,7 @@ class FakeProbe:
         self.cancelled = 0
         self.forgotten: list[str] = []
 
-    async def observe(self, snapshot: ServerSnapshot) -> Observation:
+    async def observe(self, snapshot: ServerSnapshot, window: float = 0.0) -> Observation:
         self.calls.append(snapshot.key)
         self.running += 1
         self.max_running = max(self.max_running, self.running)
@@ -328,7 +328,7 @@ async def test_a_probe_that_fails_before_its_coroutine_starts_cannot_tell() -> N
     class Broken:
         name = A
 
-        def observe(self, snapshot: ServerSnapshot) -> Awaitable[Observation]:
+        def observe(self, snapshot: ServerSnapshot, window: float = 0.0) -> Awaitable[Observation]:
             raise KeyError("username")  # e.g. a bad path template, raised eagerly
 
         def forget(self, key: str) -> None:
@@ -416,7 +416,7 @@ async def test_probe_calls_still_running_when_settling_ends_are_cancelled() -> N
             super().__init__(A, hang)
             self.state: dict[str, float] = {}
 
-        async def observe(self, snapshot: ServerSnapshot) -> Observation:
+        async def observe(self, snapshot: ServerSnapshot, window: float = 0.0) -> Observation:
             observation = await super().observe(snapshot)
             self.state.setdefault(snapshot.key, time.monotonic())  # like the Prometheus probe's quiet_since
             return observation

@@ -508,3 +508,18 @@ async def test_forget_during_a_running_poll_waits_for_the_step(tmp_path: Path, m
     assert scan.walk is None
     assert "alice/" not in probe._scans
     assert real_count(root) > 1
+
+
+async def test_passes_rest_for_the_window_so_the_next_equal_pass_vouches_for_it(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "alice")
+    probe = TreeScanProbe(str(tmp_path / "{username}"), budget=1.0)
+    first = await probe.observe(snapshot("alice"), window=0.3)
+    assert first.detail == "first pass done"
+    resting = await probe.observe(snapshot("alice"), window=0.3)
+    assert resting.seen is Seen.UNKNOWN and resting.detail.startswith("between passes")  # no I/O meanwhile
+    deadline = time.monotonic() + 5
+    while (observation := await probe.observe(snapshot("alice"), window=0.3)).seen is not Seen.QUIET:
+        assert observation.seen is Seen.UNKNOWN and time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert observation.quiet_for >= 0.3  # the second pass alone vouches for the whole window
+    assert real_count(root) == probe._scans["alice/"].last.entries
