@@ -51,10 +51,11 @@ CPU_NOTE = (
     "the probe checks its deadline."
 )
 BOUND_NOTE = (
-    "Worst case of the current design: 3 W + 2 polls + gap, where gap = the first pass start at least `window` "
-    "after the end of the first clean pass (poll + k (W + poll)). Quiet is vouched only from the end of a pass to "
-    "the start of a later equal pass and reported when that pass completes; after a hot-set hit the hot set is "
-    "cleared for a whole pass, so a last write in that pass is seen only when the pass ends (up to one more W)."
+    "Passes rest for the settle window between them, and quiet is vouched from the end of one pass to the start "
+    "of the next equal pass, reported when that pass completes. Expected after the last write: the hot set sees "
+    "it at the next poll and restarts the pass (W), a rest of the window, an equal pass (W): window + 2 W + 2 "
+    "polls. Worst (the last write to a cold file a running pass already scanned): 3 W + 2 windows + 3 polls. "
+    "W is one pass in wall time, (polls per pass - 1) x poll interval: scanning is budgeted per poll."
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS-settle.md"
 
@@ -300,7 +301,7 @@ async def settle_trial(root: Path, target: Path, args: argparse.Namespace) -> Se
     writer = start_writer(target, args.write_for)
     stop_at, early, polls = None, False, 0
     while time.monotonic() - began < args.write_for + args.timeout:
-        observation = await probe.observe(snapshot)
+        observation = await probe.observe(snapshot, args.window)
         now, polls = time.monotonic(), polls + 1
         verdict, _ = judge({probe.name: observation}, settle, waited=now - began)
         if verdict is Verdict.STOP:
@@ -318,37 +319,34 @@ async def settle_trial(root: Path, target: Path, args: argparse.Namespace) -> Se
     return SettleTrial(last_write, settled, early, pass_wall)
 
 
-def settle_bound(args: argparse.Namespace, pass_wall: float) -> tuple[float, float]:
-    """(the naive figure window + 2 polls + W, the worst case the probe's design allows).
+def settle_bound(args: argparse.Namespace, pass_wall: float) -> tuple[float, float, float]:
+    """(naive window + 2 polls + W, expected, worst case) for the probe's design.
 
-    A pass of ``n`` polls spans ``W = (n - 1) * poll`` from its first to its last poll. After a hot-set hit the
-    probe clears its hot set, so the last write may land in a pass that watches nothing and has already
-    scanned the file: that pass ends (≤ W), the next poll sees the change, the one after starts a clean pass
-    (2 polls) that ends W later. Quiet counts from that end to the *start* of a later equal pass: passes start
-    every W + poll, so the first start at least ``window`` later is ``gap`` after it; it reports when done (W).
+    Passes rest for the window between them; quiet counts from the end of one pass to the start of the next
+    equal one and is reported when that pass completes. Expected: the hot set sees the last write at the next
+    poll and restarts the pass (poll), that pass ends (W), a rest of the window (+ up to a poll), the next pass
+    ends equal (W): window + 2 W + 2 polls. Worst: the last write goes to a cold file a pass already scanned:
+    that pass ends (W), rest, a pass that differs (W), rest, an equal pass (W): 3 W + 2 windows + 3 polls.
     """
-    poll = args.poll
-    gap = (
-        poll
-        if args.window <= poll
-        else poll + math.ceil((args.window - poll) / (pass_wall + poll)) * (pass_wall + poll)
-    )
-    naive = args.window + 2 * poll + pass_wall
-    worst = pass_wall + 2 * poll + pass_wall + gap + pass_wall
-    return naive, worst
+    poll, window = args.poll, args.window
+    naive = window + 2 * poll + pass_wall
+    expected = window + 2 * pass_wall + 2 * poll
+    worst = 3 * pass_wall + 2 * window + 3 * poll
+    return naive, expected, worst
 
 
 def bench_settle(root: Path, target: Path, args: argparse.Namespace, report: Report) -> None:
     trials = [asyncio.run(settle_trial(root, target, args)) for _ in range(args.trials)]
     pass_wall = max(t.pass_wall for t in trials)
-    naive, worst = settle_bound(args, pass_wall)
+    naive, expected, worst = settle_bound(args, pass_wall)
     times = [t.settled for t in trials if t.settled is not None]
     label = f"last write → settled (window {args.window:g} s, poll {args.poll:g} s, {len(trials)} trials)"
     median = f"; median {secs(statistics.median(times))}" if times else ""
     report.add(label, ", ".join(secs(t) for t in times) + median)
     report.add("pass wall time W (longest pass after a last write, first to last poll)", secs(pass_wall))
     report.add("naive expectation: window + 2 polls + W", secs(naive))
-    report.add("worst case of the current design (see note)", secs(worst))
+    report.add("expected with this design: window + 2 W + 2 polls", secs(expected))
+    report.add("worst case of this design: 3 W + 2 windows + 3 polls", secs(worst))
     if len(times) < len(trials):
         report.note(f"{len(trials) - len(times)} trial(s) never settled within {args.timeout:g} s of the writer's end")
     if any(t.early for t in trials):
