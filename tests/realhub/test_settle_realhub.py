@@ -7,6 +7,8 @@ own rule. Windows, caps and polls are seconds so the module stays short.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -143,6 +145,17 @@ def waited(event: dict[str, str]) -> float:
     return seconds
 
 
+async def explain(hub: CullerHub, target: str) -> str:
+    """``explain TARGET`` against the live hub, as an admin would run it (it reads the service's
+    settling servers through the proxy with the admin's token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CULLER_"))}
+    env.update(JUPYTERHUB_API_TOKEN=hub.admin_token, CULLER_POLICY=str(hub.policy))
+    command = [sys.executable, "-m", "culler", "explain", target, "--url", hub.api_url]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 async def test_writer_defers_the_stop(hub: CullerHub, writer: Writer) -> None:
     """A real server whose home a process keeps writing to is due, but stopped only once the home has
     been quiet for the settle window; the stop is counted verified."""
@@ -166,6 +179,8 @@ async def test_writer_defers_the_stop(hub: CullerHub, writer: Writer) -> None:
 
     await wait_for(probe_sees_writes, 10, "the tree-scan probe to report the writer (api/settling)")
     assert process.poll() is None, "the writer ended before the probe saw it"
+    explained = await explain(hub, user)
+    assert "settling since" in explained and "tree-scan: active" in explained, explained
 
     writer_end = await exited(process, write_for + 10)
     last_write = data.stat().st_mtime
