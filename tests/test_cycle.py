@@ -293,16 +293,20 @@ async def test_stopping_set_before_the_cycle_sends_nothing(fake: FakeHub, make_c
     assert fake.deletes == []
 
 
+async def first_delete(fake: FakeHub, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not fake.deletes:
+        assert loop.time() < deadline, "no DELETE arrived"
+        await asyncio.sleep(0.01)
+
+
 async def test_stopping_mid_cycle_sends_no_new_deletes(fake: FakeHub, make_culler: CullerFactory) -> None:
     names = idle_users(fake, 6)
     fake.stop_delay = 0.3
     culler = make_culler(concurrency=1)
     task = asyncio.create_task(culler.run(POLICY))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not fake.deletes:
-        assert loop.time() < deadline, "no DELETE arrived"
-        await asyncio.sleep(0.01)
+    await first_delete(fake)
     culler.stopping.set()
     report = await asyncio.wait_for(task, 5)
     assert len(fake.deletes) == 1  # the one in flight; the five queued behind the limit were never sent
@@ -315,11 +319,7 @@ async def test_stopping_ends_follow_ups(fake: FakeHub, make_culler: CullerFactor
     fake.slow_stops[("stuck", "")] = float("inf")
     culler = make_culler(follow_up_interval=0.05, follow_up_timeout=60)
     task = asyncio.create_task(culler.run(POLICY))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not fake.deletes:
-        assert loop.time() < deadline, "no DELETE arrived"
-        await asyncio.sleep(0.01)
+    await first_delete(fake)
     culler.stopping.set()
     report = await asyncio.wait_for(task, 5)
     assert report.results == {"stuck/": Result.STOPPING}

@@ -152,27 +152,7 @@ class CullerHub:
 
 def start_culler_hub(workdir: Path, policy_text: str, **kwargs: Any) -> Iterator[CullerHub]:
     """Generator body for module fixtures: a hub with the culler under ``policy_text``, always stopped."""
-    try:
-        find_proxy()
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    policy = workdir / "policy.yaml"
-    policy.write_text(policy_text)
-    for attempt in (1, 2):
-        # free ports are picked before the hub binds them; another process may take one meanwhile
-        hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
-        try:
-            asyncio.run(hub.start())
-            asyncio.run(hub.wait_service(SERVICE))
-            break
-        except (RuntimeError, TimeoutError):
-            hub.stop()
-            if attempt == 2:
-                raise
-    try:
-        yield CullerHub(hub, policy)
-    finally:
-        hub.stop()
+    yield from start_culler_hub_with(workdir, policy_text, lambda hub: {}, **kwargs)
 
 
 def culler_env(**extra: str) -> dict[str, str]:
@@ -225,6 +205,7 @@ def start_culler_hub_with(
     policy = workdir / "policy.yaml"
     policy.write_text(policy_text)
     for attempt in (1, 2):
+        # free ports are picked before the hub binds them; another process may take one meanwhile
         hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
         hub.env.update(env_for(hub))
         try:
