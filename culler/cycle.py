@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
 from culler.durations import format_duration
@@ -66,6 +67,15 @@ class CycleReport:
         return Counter(self.results.values())
 
 
+class Listener(Protocol):
+    """Told about cycles and stop outcomes (metrics, warnings, stop history). Must return quickly: work
+    that waits (a webhook) goes to a task of its own. Exceptions are logged, never raised."""
+
+    def cycle_done(self, report: CycleReport) -> None: ...
+
+    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None: ...
+
+
 def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
     """Servers of every well-formed user model, and one problem line per model that was not."""
     servers: list[ServerSnapshot] = []
@@ -100,8 +110,21 @@ class Culler:
         self.settler = Settler(probes or {}, self._stop, confirm=self._still_due)
         self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
         self._policy: Policy | None = None  # the latest cycle's, for confirming settled stops
+        self.listeners: list[Listener] = []
 
     async def run(self, policy: Policy) -> CycleReport:
+        report = await self._run(policy)
+        self._notify("cycle_done", report)
+        return report
+
+    def _notify(self, what: str, *args: object) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, what)(*args)
+            except Exception:  # an observer's bug must not cost a stop or a cycle
+                log.exception("listener %s.%s failed", type(listener).__name__, what)
+
+    async def _run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
         self._policy = policy
         try:
@@ -164,6 +187,12 @@ class Culler:
 
     async def _stop(self, decision: Decision, settle: str | None = None) -> Result:
         """Stop one server now; ``settle`` says whether a settle step vouched for its home."""
+        result = await self._stop_once(decision, settle)
+        if result is not Result.INTERRUPTED:
+            self._notify("server_stopped", decision, result, settle)
+        return result
+
+    async def _stop_once(self, decision: Decision, settle: str | None) -> Result:
         server = decision.server
         fields = {
             "user": server.user,
@@ -196,18 +225,20 @@ class Culler:
             raise
         if outcome is StopOutcome.STOPPING:
             event(log, logging.INFO, "server stopping (hub answered 202); following up", **fields)
-            self._follow_ups[server.key] = asyncio.create_task(self._follow_through(server, fields))
+            self._follow_ups[server.key] = asyncio.create_task(self._follow_through(decision, fields))
             return Result.STOPPING
         result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.GONE
         event(log, logging.INFO, f"server {result}", **fields)
         return result
 
-    async def _follow_through(self, server: ServerSnapshot, fields: dict[str, str]) -> Result:
+    async def _follow_through(self, decision: Decision, fields: dict[str, str | None]) -> Result:
         """Report a stop the hub answered 202 to as stopped only once the hub says so."""
+        server = decision.server
         try:
             outcome = await self._follow_up(server)
             result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.SLOW
             event(log, logging.INFO if result is Result.STOPPED else logging.WARNING, f"server {result}", **fields)
+            self._notify("server_stopped", decision, result, fields.get("settle"))
             return result
         finally:
             self._follow_ups.pop(server.key, None)

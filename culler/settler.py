@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +21,7 @@ from culler.decide import Action, Decision
 from culler.durations import format_duration
 from culler.logs import event
 from culler.probes import Probe
-from culler.settle import Observation, Verdict, judge, unknown
+from culler.settle import Observation, Seen, Verdict, judge, unknown
 from culler.timeutil import isoformat, utcnow
 
 log = logging.getLogger("culler.settle")
@@ -84,6 +85,9 @@ class Settler:
         self.probe_timeout = probe_timeout
         self.settling: dict[str, Settling] = {}
         self.stopped_unverified = 0
+        # For metrics: (why, probe) of every deferral a poll made; probe -> failed observations.
+        self.deferrals: Counter[tuple[str, str]] = Counter()
+        self.probe_errors: Counter[str] = Counter()
 
     def __contains__(self, key: str) -> bool:
         return key in self.settling
@@ -150,6 +154,7 @@ class Settler:
         settling.observations = dict(zip(names, observations, strict=True))
         self._log_errors(settling)
         verdict, settling.reason = judge(settling.observations, settle, settling.waited)
+        self._count(settling.observations, settle.window, verdict)
         if verdict is Verdict.WAIT:
             return
         if verdict is Verdict.HOLD:
@@ -218,6 +223,16 @@ class Settler:
             raise
         except Exception as error:  # a probe's failure means "cannot tell", never "quiet"
             return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
+
+    def _count(self, observations: Mapping[str, Observation], window: float, verdict: Verdict) -> None:
+        for name, observation in observations.items():
+            if observation.error:
+                self.probe_errors[name] += 1
+            if verdict is Verdict.HOLD:
+                self.deferrals[("cap", name)] += 1
+            elif verdict is Verdict.WAIT and not (observation.seen is Seen.QUIET and observation.quiet_for >= window):
+                why = "window" if observation.seen is Seen.QUIET else str(observation.seen)  # active, unknown
+                self.deferrals[(why, name)] += 1
 
     def _log_errors(self, settling: Settling) -> None:
         for name, observation in settling.observations.items():
