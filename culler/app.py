@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from culler.cycle import Culler, CycleOptions, CycleReport
 from culler.health import Health
-from culler.hub import HubClient, HubError, internal_ssl_context
+from culler.hub import HubClient, HubError, RequestObserver, internal_ssl_context
 from culler.logs import event
+from culler.metrics import Metrics
 from culler.policy_store import PolicyStore
 from culler.probes import Probe
 from culler.promprobe import PrometheusProbe
@@ -22,12 +24,12 @@ from culler.proxy_activity import ProxyActivity
 from culler.settings import Settings
 from culler.timeutil import utcnow
 from culler.treescan import TreeScanProbe
-from culler.web import make_app
+from culler.web import make_app, make_metrics_app
 
 log = logging.getLogger("culler.app")
 
 
-def make_hub(settings: Settings) -> HubClient:
+def make_hub(settings: Settings, observer: RequestObserver | None = None) -> HubClient:
     token = settings.api_token.get_secret_value() if settings.api_token else ""
     ssl_context = internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
     return HubClient(
@@ -37,6 +39,7 @@ def make_hub(settings: Settings) -> HubClient:
         request_timeout=settings.request_timeout,
         page_size=settings.api_page_size,
         ssl_context=ssl_context,
+        observer=observer,
     )
 
 
@@ -55,9 +58,12 @@ def build_probes(settings: Settings) -> dict[str, Probe]:
 
 
 def make_activity(settings: Settings) -> ProxyActivity | None:
-    if settings.activity_source != "proxy" or settings.proxy_api_token is None:
+    if settings.activity_source != "proxy":
         return None
-    return ProxyActivity(settings.proxy_api_url, settings.proxy_api_token.get_secret_value(), settings.request_timeout)
+    # Without a token every cycle fails with a clear error (and stops nothing): exiting instead would
+    # take the hub down with its managed service.
+    token = settings.proxy_api_token.get_secret_value() if settings.proxy_api_token else ""
+    return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout)
 
 
 def cycle_options(settings: Settings) -> CycleOptions:
@@ -70,13 +76,16 @@ def cycle_options(settings: Settings) -> CycleOptions:
 
 
 class Service:
-    def __init__(self, settings: Settings, store: PolicyStore, culler: Culler) -> None:
+    def __init__(self, settings: Settings, store: PolicyStore, culler: Culler, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.store = store
         self.culler = culler
+        self.metrics = metrics
         self.health = Health(settings.interval)
         self._cycle_task: asyncio.Task[None] | None = None
         self._bind_task: asyncio.Task[None] | None = None
+        self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
+        self._tasks: list[asyncio.Task[None]] = []
         self._settle_task: asyncio.Task[None] | None = None
 
     async def cycle(self) -> CycleReport | None:
@@ -133,8 +142,11 @@ class Service:
         scheduler.pause()
         await self._finish_cycle()
         scheduler.shutdown(wait=False)
-        if self._bind_task is not None:
-            self._bind_task.cancel()
+        for task in [self._bind_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        for extra in self._runners:
+            await extra.cleanup()
         await runner.cleanup()
         await self.culler.close()
         event(log, logging.INFO, "stopped")
@@ -156,18 +168,29 @@ class Service:
             log.exception("settle poll crashed")
 
     async def _start_web(self) -> web.AppRunner:
+        handler = make_aiohttp_handler(self.metrics.registry) if self.metrics is not None else None
         app = make_app(
-            self.settings.service_prefix, self.health_status, self.culler.settler.describe, self._token_scopes
+            self.settings.service_prefix,
+            self.health_status,
+            self.culler.settler.describe,
+            self._token_scopes,
+            handler,
+            self.settings.service_name,
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        self._bind_task = asyncio.create_task(self._bind(runner))
+        self._bind_task = asyncio.create_task(self._bind(runner, self.settings.bind_url))
+        if handler is not None and self.settings.metrics_bind_url:
+            open_runner = web.AppRunner(make_metrics_app(handler), handle_signals=False, access_log=None)
+            await open_runner.setup()
+            self._runners.append(open_runner)
+            self._tasks.append(asyncio.create_task(self._bind(open_runner, self.settings.metrics_bind_url)))
         return runner
 
-    async def _bind(self, runner: web.AppRunner) -> None:
+    async def _bind(self, runner: web.AppRunner, url: str) -> None:
         """Listen; if the port is taken, say so once and keep culling while retrying (exiting would
         make the hub restart the service in a tight loop)."""
-        bind = urlsplit(self.settings.bind_url)
+        bind = urlsplit(url)
         site = web.TCPSite(runner, bind.hostname or "127.0.0.1", bind.port or 10101)
         failed = False
         while True:
@@ -179,13 +202,13 @@ class Service:
                         log,
                         logging.ERROR,
                         "cannot listen; retrying every 10s",
-                        url=self.settings.bind_url,
+                        url=url,
                         error=error.strerror or str(error),
                     )
                 failed = True
                 await asyncio.sleep(10)
                 continue
-            event(log, logging.INFO, "listening", url=self.settings.bind_url, prefix=self.settings.service_prefix)
+            event(log, logging.INFO, "listening", url=url, prefix=self.settings.service_prefix)
             return
 
     def _start_scheduler(self) -> AsyncIOScheduler:

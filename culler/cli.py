@@ -24,6 +24,7 @@ from culler.durations import format_duration
 from culler.explain import changes, changes_table, describe, explain_table
 from culler.hub import HubClient, HubError
 from culler.logs import setup_logging
+from culler.metrics import Metrics
 from culler.plugins import installed_plugins
 from culler.policy import (
     Policy,
@@ -52,6 +53,7 @@ _BOOL_FLAGS = (
     "ssl_enabled",
     "dry_run",
     "once",
+    "per_server_metrics",
 )
 _VALUE_FLAGS: dict[str, str] = {
     "url": "hub API URL (default $JUPYTERHUB_API_URL)",
@@ -80,6 +82,8 @@ _VALUE_FLAGS: dict[str, str] = {
     "prometheus_threshold": "prometheus: quiet while the value is at most this (default 0)",
     "settle_poll": "seconds between settle polls (default 15)",
     "probe_timeout": "seconds one probe may take (default 30)",
+    "service_name": "the hub service's name (default $JUPYTERHUB_SERVICE_NAME or activity-culler)",
+    "metrics_bind_url": "also serve /metrics without a token here, for in-cluster scraping",
 }
 _POLICY_FIELD_HINT = {
     "timeout": "defaults.idle",
@@ -179,12 +183,14 @@ def serve(argv: Sequence[str]) -> int:
     if settings.api_token is None:
         raise UsageError("no hub API token: set JUPYTERHUB_API_TOKEN (the hub sets it for managed services)")
     log.info("starting %s %s with %s", PROG, __version__, settings.summary())
-    if settings.activity_source == "proxy" and settings.proxy_api_token is None:
-        raise UsageError("--activity-source=proxy needs the proxy's API token: set CONFIGPROXY_AUTH_TOKEN")
-    culler = Culler(
-        make_hub(settings), cycle_options(settings), plugins, probes=probes, activity=make_activity(settings)
-    )
-    service = Service(settings, store, culler)
+    metrics = Metrics(per_server=settings.per_server_metrics)
+    hub = make_hub(settings, observer=metrics.hub_request)
+    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings))
+    culler.listeners.append(metrics)
+    metrics.watch(store, culler.settler)
+    if store.state.policy is not None:
+        metrics.known_rules(rule.id for rule in store.state.policy.rules)
+    service = Service(settings, store, culler, metrics)
     if settings.once:
         return asyncio.run(_once(service))
     return asyncio.run(service.serve())

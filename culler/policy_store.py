@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class PolicyStore:
         source = str(path) if path else "command-line flags"
         fixed_hash = policy_hash(fixed.model_dump_json()) if fixed else None
         self.state = PolicyState(fixed, fixed_hash, source, None)
+        self.outcomes: Counter[str] = Counter()  # "loaded" / "rejected", for metrics
 
     def refresh(self) -> PolicyState:
         if self.path is None:
@@ -60,6 +62,7 @@ class PolicyStore:
             return self.state
         previous = self.state.hash
         self.state = PolicyState(policy, digest, str(self.path), None)
+        self.outcomes["loaded"] += 1
         event(
             log,
             logging.INFO,
@@ -78,6 +81,7 @@ class PolicyStore:
         kept = f"keeping policy {self.state.hash}" if self.state.policy else "no valid policy: stopping nothing"
         event(log, logging.ERROR, "policy rejected", error=message, action=kept)
         self.state = PolicyState(self.state.policy, self.state.hash, self.state.source, message)
+        self.outcomes["rejected"] += 1
 
 
 def _decode(data: bytes, path: Path) -> str:

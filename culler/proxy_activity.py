@@ -33,6 +33,8 @@ class ProxyActivity:
         return f"ProxyActivity({self.url!r})"
 
     async def routes(self) -> RouteActivity:
+        if not self._token:
+            raise ProxyActivityError("no proxy API token: set CONFIGPROXY_AUTH_TOKEN (or CULLER_PROXY_API_TOKEN)")
         try:
             if self._session is None or self._session.closed:
                 self._session = aiohttp.ClientSession(

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     settle_poll: float = Field(15.0, gt=0, description="seconds between settle polls")
     probe_timeout: float = Field(30.0, gt=0, description="seconds one probe may take to answer")
 
+    service_name: str = Field(
+        "activity-culler", validation_alias=_env("service_name", "JUPYTERHUB_SERVICE_NAME"), description="hub service"
+    )
+    metrics_bind_url: str | None = Field(
+        None, description="also serve /metrics without a token here (in-cluster scraping), e.g. http://0.0.0.0:9090"
+    )
+    per_server_metrics: bool = Field(False, description="export seconds-until-stop per server (a series per server)")
+
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))

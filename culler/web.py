@@ -13,7 +13,11 @@ HealthFn = Callable[[], tuple[bool, dict[str, object]]]
 SettlingFn = Callable[[], list[dict[str, object]]]
 ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 HEALTH_KEY = web.AppKey("health", HealthFn)
+METRICS_KEY = web.AppKey("metrics", Handler)
+SERVICE_KEY = web.AppKey("service", str)
 SETTLING_KEY = web.AppKey("settling", SettlingFn)
 TOKENS_KEY = web.AppKey("tokens", "TokenCache")
 
@@ -72,8 +76,32 @@ async def settling(request: web.Request) -> web.Response:
     return web.json_response({"settling": request.app[SETTLING_KEY]()})
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus scrapes with a hub token that may access this service (``access:services!service=…``)."""
+    token = _token(request)
+    if token is None:
+        return web.json_response({"error": "send a hub API token: Authorization: Bearer ..."}, status=401)
+    scopes = await request.app[TOKENS_KEY].scopes(token)
+    name = request.app[SERVICE_KEY]
+    if scopes is None or not scopes & {f"access:services!service={name}", "access:services"}:
+        return web.json_response({"error": f"needs a token with access:services!service={name}"}, status=403)
+    return await request.app[METRICS_KEY](request)
+
+
+def make_metrics_app(handler: Handler) -> web.Application:
+    """The unauthenticated listener for in-cluster scraping: ``/metrics`` only."""
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return app
+
+
 def make_app(
-    prefix: str, health_fn: HealthFn, settling_fn: SettlingFn | None = None, scopes_fn: ScopesFn | None = None
+    prefix: str,
+    health_fn: HealthFn,
+    settling_fn: SettlingFn | None = None,
+    scopes_fn: ScopesFn | None = None,
+    metrics_handler: Handler | None = None,
+    service_name: str = "activity-culler",
 ) -> web.Application:
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     app = web.Application()
@@ -85,4 +113,8 @@ def make_app(
         app[SETTLING_KEY] = settling_fn
         app[TOKENS_KEY] = TokenCache(scopes_fn)
         app.router.add_get(prefix + "api/settling", settling)
+        if metrics_handler is not None:
+            app[METRICS_KEY] = metrics_handler
+            app[SERVICE_KEY] = service_name
+            app.router.add_get(prefix + "metrics", metrics)
     return app

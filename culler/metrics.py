@@ -1,0 +1,190 @@
+"""Prometheus metrics, all in one place.
+
+Names follow ``activity_culler_<noun>_<verb or unit>``; counters end in ``_total``, durations are in
+seconds. Known label values are created up front so every series exists at zero. No label carries a
+user name, except the opt-in ``activity_culler_server_seconds_until_stop`` gauge.
+
+Most values are recorded as they happen (``Metrics`` is a cycle listener and the hub client's request
+observer); the policy and settling figures are read from their owners at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from culler.cycle import CycleReport, Result
+from culler.decide import Action, Decision
+from culler.policy_store import PolicyStore
+from culler.settler import Settler
+from culler.timeutil import utcnow
+
+PREFIX = "activity_culler"
+STOP_OUTCOMES = ("stopped", "slow-stopping", "stopping", "gone", "failed", "would-stop")
+SERVER_STATES = ("ready", "pending", "settling", "exempt", "keep", "due")
+ENDPOINTS = (
+    ("GET", "users"),
+    ("GET", "users/{name}"),
+    ("DELETE", "users/{name}/server"),
+    ("DELETE", "users/{name}/servers/{server}"),
+    ("DELETE", "users/{name}"),
+)
+DEFERRAL_REASONS = ("active", "unknown", "window", "cap")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, per_server: bool = False) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.per_server = per_server
+        r = self.registry
+        self.cycles = Counter(f"{PREFIX}_cycles", "Cull cycles run, by result", ["result"], registry=r)
+        self.cycle_duration = Histogram(
+            f"{PREFIX}_cycle_duration_seconds",
+            "Time one cull cycle took",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_last_successful_cycle_timestamp_seconds", "When the last successful cycle ended", registry=r
+        )
+        self.servers = Gauge(f"{PREFIX}_servers", "Servers seen by the last cycle, by state", ["state"], registry=r)
+        self.stops = Counter(f"{PREFIX}_stops", "Stops by outcome and policy rule", ["outcome", "rule"], registry=r)
+        self.unverified = Counter(
+            f"{PREFIX}_settle_unverified_stops", "Stops made at the settle cap without quiet", registry=r
+        )
+        self.guard = Counter(
+            f"{PREFIX}_mass_stop_guard_activations", "Cycles in which the mass-stop guard held stops", registry=r
+        )
+        self.held = Gauge(f"{PREFIX}_mass_stop_guard_held_servers", "Servers held by the guard last cycle", registry=r)
+        self.users_deleted = Counter(f"{PREFIX}_users_deleted", "Users deleted from the hub", registry=r)
+        self.requests = Counter(
+            f"{PREFIX}_hub_requests",
+            "Hub API requests by method, endpoint and status",
+            ["method", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_hub_request_duration_seconds", "Hub API request latency", ["method", "endpoint"], registry=r
+        )
+        self.warnings = Counter(f"{PREFIX}_warnings", "Stop warnings by result", ["kind", "result"], registry=r)
+        self.until_stop = Gauge(
+            f"{PREFIX}_server_seconds_until_stop",
+            "Seconds until a server is due (opt-in: a series per server)",
+            ["user", "server"],
+            registry=r,
+        )
+        self._precreate()
+
+    def _precreate(self) -> None:
+        for result in ("ok", "failed"):
+            self.cycles.labels(result)
+        for state in SERVER_STATES:
+            self.servers.labels(state)
+        for outcome in STOP_OUTCOMES:
+            self.stops.labels(outcome, "default")
+        for method, endpoint in ENDPOINTS:
+            self.request_duration.labels(method, endpoint)
+        for kind in ("warning", "stopped"):
+            for result in ("sent", "failed"):
+                self.warnings.labels(kind, result)
+
+    def watch(self, store: PolicyStore, settler: Settler) -> None:
+        """Read the policy's and the settler's figures at scrape time."""
+        self.registry.register(_LiveCollector(store, settler))
+
+    def known_rules(self, rule_ids: Iterable[str]) -> None:
+        for rule in rule_ids:
+            for outcome in STOP_OUTCOMES:
+                self.stops.labels(outcome, rule)
+
+    # -- recorders ---------------------------------------------------------------------------------
+
+    def hub_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        self.requests.labels(method, endpoint, status).inc()
+        self.request_duration.labels(method, endpoint).observe(seconds)
+
+    def cycle_done(self, report: CycleReport) -> None:
+        self.cycles.labels("ok" if report.ok else "failed").inc()
+        self.cycle_duration.observe((utcnow() - report.started).total_seconds())
+        if not report.ok:
+            return
+        self.last_success.set(time.time())
+        self._count_servers(report)
+        if report.guard is not None:
+            self.held.set(len(report.guard.held))
+            if report.guard.tripped:
+                self.guard.inc()
+        self.users_deleted.inc(len(report.users_deleted))
+        if self.per_server:
+            self._until_stop(report.decisions)
+
+    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
+        if result in (Result.HELD, Result.INTERRUPTED, Result.SETTLING):
+            return
+        self.stops.labels(str(result), decision.rule_id).inc()
+        if settle == "unverified" and result in (Result.STOPPED, Result.GONE, Result.STOPPING):
+            self.unverified.inc()
+
+    def _count_servers(self, report: CycleReport) -> None:
+        counts = dict.fromkeys(SERVER_STATES, 0)
+        for decision in report.decisions:
+            if decision.action is Action.SKIP:
+                counts["pending"] += 1
+                continue
+            counts["ready"] += 1
+            if decision.action is Action.EXEMPT:
+                counts["exempt"] += 1
+            elif decision.action is Action.KEEP:
+                counts["keep"] += 1
+            else:
+                counts["due"] += 1
+        counts["settling"] = sum(1 for r in report.results.values() if r is Result.SETTLING)
+        for state, value in counts.items():
+            self.servers.labels(state).set(value)
+
+    def _until_stop(self, decisions: list[Decision]) -> None:
+        self.until_stop.clear()
+        now = utcnow()
+        for decision in decisions:
+            if decision.stop_at is not None and decision.action in (Action.KEEP, Action.STOP):
+                seconds = max(0.0, (decision.stop_at - now).total_seconds())
+                self.until_stop.labels(decision.server.user, decision.server.name).set(seconds)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, store: PolicyStore, settler: Settler) -> None:
+        self.store = store
+        self.settler = settler
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        state = self.store.state
+        info = InfoMetricFamily(f"{PREFIX}_policy", "The policy in force")
+        info.add_metric([], {"hash": state.hash or "none", "source": state.source})
+        yield info
+        valid = GaugeMetricFamily(f"{PREFIX}_policy_valid", "1 if the newest policy file validated, else 0")
+        valid.add_metric([], 0.0 if state.error or state.policy is None else 1.0)
+        yield valid
+        reloads = CounterMetricFamily(f"{PREFIX}_policy_reloads", "Policy file reads by result", labels=["result"])
+        for result in ("loaded", "rejected"):
+            reloads.add_metric([result], self.store.outcomes[result])
+        yield reloads
+        settling = GaugeMetricFamily(f"{PREFIX}_settling_servers", "Due servers waiting for a quiet home")
+        settling.add_metric([], len(self.settler.settling))
+        yield settling
+        deferrals = CounterMetricFamily(
+            f"{PREFIX}_settle_deferrals",
+            "Settle polls that deferred a stop, by reason and probe",
+            labels=["reason", "probe"],
+        )
+        for probe in self.settler.probes:
+            for reason in DEFERRAL_REASONS:
+                deferrals.add_metric([reason, probe], self.settler.deferrals[(reason, probe)])
+        yield deferrals
+        errors = CounterMetricFamily(f"{PREFIX}_probe_errors", "Probe observations that failed", labels=["probe"])
+        for probe in self.settler.probes:
+            errors.add_metric([probe], self.settler.probe_errors[probe])
+        yield errors
