@@ -83,9 +83,8 @@ class Service:
         self.metrics = metrics
         self.health = Health(settings.interval)
         self._cycle_task: asyncio.Task[None] | None = None
-        self._bind_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._bind_tasks: list[asyncio.Task[None]] = []
         self._settle_task: asyncio.Task[None] | None = None
 
     async def cycle(self) -> CycleReport | None:
@@ -142,9 +141,8 @@ class Service:
         scheduler.pause()
         await self._finish_cycle()
         scheduler.shutdown(wait=False)
-        for task in [self._bind_task, *self._tasks]:
-            if task is not None:
-                task.cancel()
+        for task in self._bind_tasks:
+            task.cancel()
         for extra in self._runners:
             await extra.cleanup()
         await runner.cleanup()
@@ -179,12 +177,12 @@ class Service:
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        self._bind_task = asyncio.create_task(self._bind(runner, self.settings.bind_url))
+        self._bind_tasks.append(asyncio.create_task(self._bind(runner, self.settings.bind_url)))
         if handler is not None and self.settings.metrics_bind_url:
             open_runner = web.AppRunner(make_metrics_app(handler), handle_signals=False, access_log=None)
             await open_runner.setup()
             self._runners.append(open_runner)
-            self._tasks.append(asyncio.create_task(self._bind(open_runner, self.settings.metrics_bind_url)))
+            self._bind_tasks.append(asyncio.create_task(self._bind(open_runner, self.settings.metrics_bind_url)))
         return runner
 
     async def _bind(self, runner: web.AppRunner, url: str) -> None:
