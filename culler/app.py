@@ -24,6 +24,7 @@ from culler.proxy_activity import ProxyActivity
 from culler.settings import Settings
 from culler.timeutil import utcnow
 from culler.treescan import TreeScanProbe
+from culler.warnings import WarningSender
 from culler.web import make_app, make_metrics_app
 
 log = logging.getLogger("culler.app")
@@ -64,6 +65,21 @@ def make_activity(settings: Settings) -> ProxyActivity | None:
     # take the hub down with its managed service.
     token = settings.proxy_api_token.get_secret_value() if settings.proxy_api_token else ""
     return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout)
+
+
+def make_warnings(settings: Settings) -> WarningSender | None:
+    """The stop-warning webhook; none in dry runs (users are not warned of stops that will not come)."""
+    if settings.warn_url is None or settings.dry_run:
+        return None
+    secret = settings.warn_secret.get_secret_value() if settings.warn_secret else None
+    return WarningSender(
+        settings.warn_url.get_secret_value(),
+        settings.warn_before,
+        (settings.warn_secret_header, secret) if secret else None,
+        retries=settings.warn_retries,
+        timeout=settings.warn_timeout,
+        service_url=settings.activity_page_url,
+    )
 
 
 def cycle_options(settings: Settings) -> CycleOptions:
@@ -124,7 +140,15 @@ class Service:
     async def run_once(self) -> int:
         report = await self.cycle()
         await self.culler.follow_ups_done()
+        await self._drain_warnings()
         return 0 if report is not None and report.ok else 1
+
+    async def _drain_warnings(self) -> None:
+        """Deliver the last notices (the final "stopped" ones come from the follow-ups), bounded."""
+        for listener in self.culler.listeners:
+            if isinstance(listener, WarningSender):
+                await listener.drain(self.settings.shutdown_timeout)
+                await listener.close()
 
     async def serve(self) -> int:
         stop = asyncio.Event()
@@ -243,3 +267,4 @@ class Service:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self.culler.follow_ups_done()
+        await self._drain_warnings()

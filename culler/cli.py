@@ -17,7 +17,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from culler import __version__
-from culler.app import Service, build_probes, cycle_options, make_activity, make_hub
+from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings
 from culler.cycle import Culler
 from culler.decide import Decision, evaluate
 from culler.durations import format_duration
@@ -84,6 +84,12 @@ _VALUE_FLAGS: dict[str, str] = {
     "probe_timeout": "seconds one probe may take (default 30)",
     "service_name": "the hub service's name (default $JUPYTERHUB_SERVICE_NAME or activity-culler)",
     "metrics_bind_url": "also serve /metrics without a token here, for in-cluster scraping",
+    "warn_url": "stop-warning webhook URL (better: env CULLER_WARN_URL, it may hold a secret)",
+    "warn_before": "warn this long before a server is due (default 1d)",
+    "warn_secret_header": "header carrying the webhook secret (default Authorization; value: CULLER_WARN_SECRET)",
+    "warn_retries": "webhook retries (default 3)",
+    "warn_timeout": "webhook timeout in seconds (default 10)",
+    "activity_page_url": "a link for users, put in warning payloads",
 }
 _POLICY_FIELD_HINT = {
     "timeout": "defaults.idle",
@@ -186,8 +192,9 @@ def serve(argv: Sequence[str]) -> int:
     metrics = Metrics(per_server=settings.per_server_metrics)
     hub = make_hub(settings, observer=metrics.hub_request)
     culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings))
-    culler.listeners.append(metrics)
-    metrics.watch(store, culler.settler)
+    warnings = make_warnings(settings)
+    culler.listeners += [metrics] + ([warnings] if warnings else [])
+    metrics.watch(store, culler.settler, warnings)
     if store.state.policy is not None:
         metrics.known_rules(rule.id for rule in store.state.policy.rules)
     service = Service(settings, store, culler, metrics)

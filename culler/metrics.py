@@ -22,6 +22,7 @@ from culler.decide import Action, Decision
 from culler.policy_store import PolicyStore
 from culler.settler import Settler
 from culler.timeutil import utcnow
+from culler.warnings import WarningSender
 
 PREFIX = "activity_culler"
 STOP_OUTCOMES = ("stopped", "slow-stopping", "stopping", "gone", "failed", "would-stop")
@@ -70,7 +71,6 @@ class Metrics:
         self.request_duration = Histogram(
             f"{PREFIX}_hub_request_duration_seconds", "Hub API request latency", ["method", "endpoint"], registry=r
         )
-        self.warnings = Counter(f"{PREFIX}_warnings", "Stop warnings by result", ["kind", "result"], registry=r)
         self.until_stop = Gauge(
             f"{PREFIX}_server_seconds_until_stop",
             "Seconds until a server is due (opt-in: a series per server)",
@@ -88,13 +88,10 @@ class Metrics:
             self.stops.labels(outcome, "default")
         for method, endpoint in ENDPOINTS:
             self.request_duration.labels(method, endpoint)
-        for kind in ("warning", "stopped"):
-            for result in ("sent", "failed"):
-                self.warnings.labels(kind, result)
 
-    def watch(self, store: PolicyStore, settler: Settler) -> None:
-        """Read the policy's and the settler's figures at scrape time."""
-        self.registry.register(_LiveCollector(store, settler))
+    def watch(self, store: PolicyStore, settler: Settler, warnings: WarningSender | None = None) -> None:
+        """Read the policy's, the settler's and the warning sender's figures at scrape time."""
+        self.registry.register(_LiveCollector(store, settler, warnings))
 
     def known_rules(self, rule_ids: Iterable[str]) -> None:
         for rule in rule_ids:
@@ -156,9 +153,10 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, store: PolicyStore, settler: Settler) -> None:
+    def __init__(self, store: PolicyStore, settler: Settler, warnings: WarningSender | None) -> None:
         self.store = store
         self.settler = settler
+        self.warnings = warnings
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
         state = self.store.state
@@ -188,3 +186,10 @@ class _LiveCollector(Collector):
         for probe in self.settler.probes:
             errors.add_metric([probe], self.settler.probe_errors[probe])
         yield errors
+        warned = CounterMetricFamily(
+            f"{PREFIX}_warnings", "Webhook notices by kind and result", labels=["kind", "result"]
+        )
+        for kind in ("warning", "stopped"):
+            warned.add_metric([kind, "sent"], self.warnings.sent[kind] if self.warnings else 0)
+            warned.add_metric([kind, "failed"], self.warnings.failed[kind] if self.warnings else 0)
+        yield warned

@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     )
     per_server_metrics: bool = Field(False, description="export seconds-until-stop per server (a series per server)")
 
+    warn_url: SecretStr | None = Field(None, description="stop-warning webhook URL (unset: no warnings)")
+    warn_before: Seconds = Field(86400, ge=0, description="warn this long before a server is due")
+    warn_secret_header: str = Field("Authorization", description="header carrying the webhook secret")
+    warn_secret: SecretStr | None = Field(None, description="value of that header, e.g. 'Bearer ...'")
+    warn_retries: int = Field(3, ge=0)
+    warn_timeout: float = Field(10.0, gt=0)
+    activity_page_url: str | None = Field(None, description="a link for users, put in warning payloads")
+
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))
@@ -108,12 +116,13 @@ class Settings(BaseSettings):
         return [name for name in POLICY_FLAGS if getattr(self, name) is not None]
 
     def secrets(self) -> list[str]:
-        return [token.get_secret_value() for token in (self.api_token, self.proxy_api_token) if token is not None]
+        secrets = (self.api_token, self.proxy_api_token, self.warn_url, self.warn_secret)
+        return [secret.get_secret_value() for secret in secrets if secret is not None]
 
     def summary(self) -> dict[str, object]:
         """The effective settings for the start-up log line: secrets redacted."""
         data = self.model_dump(exclude_none=True)
-        for name in ("api_token", "proxy_api_token"):
+        for name in ("api_token", "proxy_api_token", "warn_url", "warn_secret"):
             if getattr(self, name) is not None:
                 data[name] = "[secret]"
         return {key: str(value) for key, value in data.items()}

@@ -198,3 +198,49 @@ class PrometheusServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServicePrometheus(PrometheusServer):
+    """``prometheus`` scraping one target over HTTP with a bearer token (the hub's proxy in front of a
+    service), ``metrics_path`` on it, and extra ``labels`` on its series (e.g. ``namespace``)."""
+
+    def __init__(
+        self, workdir: Path, target: str, metrics_path: str, token: str, labels: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(workdir, [target])
+        self.metrics_path = metrics_path
+        self.token = token
+        self.labels = labels or {}
+
+    def config(self) -> str:
+        return (
+            "global:\n"
+            f"  scrape_interval: {self.scrape_interval}\n"
+            f"  scrape_timeout: {self.scrape_interval}\n"
+            "scrape_configs:\n"
+            "  - job_name: activity-culler\n"
+            f"    metrics_path: {json.dumps(self.metrics_path)}\n"
+            f"    authorization: {{type: Bearer, credentials: {json.dumps(self.token)}}}\n"
+            "    static_configs:\n"
+            f"      - targets: {json.dumps(self.targets)}\n"
+            f"        labels: {json.dumps(self.labels)}\n"
+        )
+
+    def api_get(self, path: str, **params: str) -> dict[str, Any]:
+        """``GET /api/v1/<path>`` answered 200 or 400 (bad PromQL): the decoded JSON body."""
+        url = f"{self.url}/api/v1/{path}?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            if error.code in (400, 422):
+                return dict(json.loads(error.read()))
+            raise
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``promtool`` (next to ``prometheus``; skip when it is missing) and return its result."""
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool is not on PATH (Debian: apt-get install prometheus)")
+    return subprocess.run([found, *args], input=stdin, capture_output=True, text=True, timeout=60)
