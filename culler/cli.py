@@ -84,7 +84,6 @@ _VALUE_FLAGS: dict[str, str] = {
     "probe_timeout": "seconds one probe may take (default 30)",
     "service_name": "the hub service's name (default $JUPYTERHUB_SERVICE_NAME or activity-culler)",
     "metrics_bind_url": "also serve /metrics without a token here, for in-cluster scraping",
-    "warn_url": "stop-warning webhook URL (better: env CULLER_WARN_URL, it may hold a secret)",
     "warn_before": "warn this long before a server is due (default 1d)",
     "warn_secret_header": "header carrying the webhook secret (default Authorization; value: CULLER_WARN_SECRET)",
     "warn_retries": "webhook retries (default 3)",
