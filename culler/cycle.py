@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class CycleReport:
     users_deleted: list[str] = field(default_factory=list)
     error: str | None = None
     skipped_users: int = 0
+    duration: float = 0.0  # seconds, by the monotonic clock
 
     @property
     def ok(self) -> bool:
@@ -113,7 +115,9 @@ class Culler:
         self.listeners: list[Listener] = []
 
     async def run(self, policy: Policy) -> CycleReport:
+        began = time.monotonic()
         report = await self._run(policy)
+        report.duration = time.monotonic() - began
         self._notify("cycle_done", report)
         return report
 

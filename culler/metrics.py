@@ -25,7 +25,7 @@ from culler.timeutil import utcnow
 from culler.warnings import WarningSender
 
 PREFIX = "activity_culler"
-STOP_OUTCOMES = ("stopped", "slow-stopping", "stopping", "gone", "failed", "would-stop")
+STOP_OUTCOMES = ("stopped", "slow-stopping", "gone", "failed", "would-stop")
 SERVER_STATES = ("ready", "pending", "settling", "exempt", "keep", "due")
 ENDPOINTS = (
     ("GET", "users"),
@@ -41,6 +41,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, per_server: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
         self.per_server = per_server
+        self._settler: Settler | None = None
         r = self.registry
         self.cycles = Counter(f"{PREFIX}_cycles", "Cull cycles run, by result", ["result"], registry=r)
         self.cycle_duration = Histogram(
@@ -91,6 +92,7 @@ class Metrics:
 
     def watch(self, store: PolicyStore, settler: Settler, warnings: WarningSender | None = None) -> None:
         """Read the policy's, the settler's and the warning sender's figures at scrape time."""
+        self._settler = settler
         self.registry.register(_LiveCollector(store, settler, warnings))
 
     def known_rules(self, rule_ids: Iterable[str]) -> None:
@@ -106,7 +108,7 @@ class Metrics:
 
     def cycle_done(self, report: CycleReport) -> None:
         self.cycles.labels("ok" if report.ok else "failed").inc()
-        self.cycle_duration.observe((utcnow() - report.started).total_seconds())
+        self.cycle_duration.observe(report.duration)
         if not report.ok:
             return
         self.last_success.set(time.time())
@@ -120,10 +122,11 @@ class Metrics:
             self._until_stop(report.decisions)
 
     def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
-        if result in (Result.HELD, Result.INTERRUPTED, Result.SETTLING):
+        # A 202 ("stopping") is told again with its final result after the follow-up: count that one.
+        if result in (Result.HELD, Result.INTERRUPTED, Result.SETTLING, Result.STOPPING):
             return
         self.stops.labels(str(result), decision.rule_id).inc()
-        if settle == "unverified" and result in (Result.STOPPED, Result.GONE, Result.STOPPING):
+        if settle == "unverified" and result in (Result.STOPPED, Result.GONE, Result.SLOW):
             self.unverified.inc()
 
     def _count_servers(self, report: CycleReport) -> None:
@@ -139,7 +142,7 @@ class Metrics:
                 counts["keep"] += 1
             else:
                 counts["due"] += 1
-        counts["settling"] = sum(1 for r in report.results.values() if r is Result.SETTLING)
+        counts["settling"] = len(self._settler.settling) if self._settler is not None else 0
         for state, value in counts.items():
             self.servers.labels(state).set(value)
 

@@ -44,7 +44,7 @@ def new_metrics(per_server: bool = False) -> Metrics:
 
 
 def a_report(ok: bool = True, seconds: float = 1.5) -> CycleReport:
-    report = CycleReport(started=utcnow() - timedelta(seconds=seconds))
+    report = CycleReport(started=utcnow() - timedelta(seconds=seconds), duration=seconds)
     if not ok:
         report.error = "listing users failed, no stops this cycle: 503"
         return report
@@ -86,7 +86,7 @@ def test_a_successful_cycle_records_servers_guard_duration_and_deletions() -> No
     states = {state: value(metrics, f"{P}_servers", state=state) for state in ("ready", "pending", "exempt", "keep")}
     assert states == {"ready": 4, "pending": 1, "exempt": 1, "keep": 1}
     assert value(metrics, f"{P}_servers", state="due") == 2
-    assert value(metrics, f"{P}_servers", state="settling") == 1
+    assert value(metrics, f"{P}_servers", state="settling") == 0  # no settler watched
     assert value(metrics, f"{P}_mass_stop_guard_activations_total") == 1
     assert value(metrics, f"{P}_mass_stop_guard_held_servers") == 1
     assert value(metrics, f"{P}_users_deleted_total") == 1
@@ -126,17 +126,19 @@ def test_stop_results_count_by_outcome_and_rule_and_unverified_settles() -> None
     due = decision("a-1", Action.STOP, "short")
     metrics.server_stopped(due, Result.STOPPED, None)
     metrics.server_stopped(due, Result.STOPPED, "unverified")
-    metrics.server_stopped(due, Result.STOPPING, "verified")
+    metrics.server_stopped(due, Result.STOPPING, "verified")  # a 202: counted with its final result
+    metrics.server_stopped(due, Result.SLOW, "unverified")
     metrics.server_stopped(due, Result.FAILED, "unverified")  # a failed stop is not an unverified stop
     metrics.server_stopped(decision("g-1", Action.STOP, "gpu"), Result.WOULD_STOP, None)
     for not_a_stop in (Result.HELD, Result.INTERRUPTED, Result.SETTLING):
         metrics.server_stopped(due, not_a_stop, None)
 
     assert value(metrics, f"{P}_stops_total", outcome="stopped", rule="short") == 2
-    assert value(metrics, f"{P}_stops_total", outcome="stopping", rule="short") == 1
+    assert value(metrics, f"{P}_stops_total", outcome="stopping", rule="short") is None
+    assert value(metrics, f"{P}_stops_total", outcome="slow-stopping", rule="short") == 1
     assert value(metrics, f"{P}_stops_total", outcome="failed", rule="short") == 1
     assert value(metrics, f"{P}_stops_total", outcome="would-stop", rule="gpu") == 1
-    assert value(metrics, f"{P}_settle_unverified_stops_total") == 1
+    assert value(metrics, f"{P}_settle_unverified_stops_total") == 2
     for outcome in ("held", "interrupted", "settling"):
         assert value(metrics, f"{P}_stops_total", outcome=outcome, rule="short") is None
 
@@ -262,6 +264,8 @@ async def test_live_collector_reports_settling_servers_deferrals_and_probe_error
     settler.admit(decision("a-1", Action.STOP, settle=settle))
     settler.admit(decision("a-2", Action.STOP, settle=settle))
     assert value(metrics, f"{P}_settling_servers") == 2
+    metrics.cycle_done(a_report())  # servers{state="settling"} counts every settling server, not just new ones
+    assert value(metrics, f"{P}_servers", state="settling") == 2
 
     await settler.poll()
     await settler.poll()

@@ -226,45 +226,44 @@ async def test_dashboard_queries_run_and_find_data(prometheus: ServicePrometheus
 # -- the alerting rules -------------------------------------------------------------------------------
 
 
-ALERT_TESTS = """\
-rule_files: [{rules}]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'activity_culler_last_successful_cycle_timestamp_seconds{{namespace="hub-a",job="c"}}'
-        values: '0+60x10 600x40'
-      - series: 'activity_culler_policy_valid{{namespace="hub-a",job="c"}}'
-        values: '1x5 0x20'
-      - series: 'activity_culler_hub_requests_total{{namespace="hub-a",job="c",method="GET",endpoint="users",status="200"}}'
-        values: '0+10x40'
-      - series: 'activity_culler_hub_requests_total{{namespace="hub-a",job="c",method="GET",endpoint="users",status="503"}}'
-        values: '0x10 0+2x30'
-      - series: 'activity_culler_hub_requests_total{{namespace="hub-a",job="c",method="DELETE",endpoint="users/{{name}}/server",status="404"}}'
-        values: '0+5x40'
-    alert_rule_test:
-      - eval_time: 9m
-        alertname: ActivityCullerNotCycling
-        exp_alerts: []
-      - eval_time: 35m
-        alertname: ActivityCullerNotCycling
-        exp_alerts:
-          - exp_labels: {{severity: critical, namespace: hub-a, job: c}}
-      - eval_time: 14m
-        alertname: ActivityCullerPolicyInvalid
-        exp_alerts: []
-      - eval_time: 17m
-        alertname: ActivityCullerPolicyInvalid
-        exp_alerts:
-          - exp_labels: {{severity: warning, namespace: hub-a, job: c}}
-      - eval_time: 10m
-        alertname: ActivityCullerHubApiErrors
-        exp_alerts: []
-      - eval_time: 35m
-        alertname: ActivityCullerHubApiErrors
-        exp_alerts:
-          - exp_labels: {{severity: warning, namespace: hub-a, job: c}}
-"""
+HUB_A = 'namespace="hub-a",job="c"'
+
+
+def series(labels: str, values: str) -> dict[str, str]:
+    return {"series": "activity_culler_" + labels.replace("@", HUB_A), "values": values}
+
+
+def firing(at: str, alert: str, severity: str | None) -> dict[str, Any]:
+    labels = [{"exp_labels": {"severity": severity, "namespace": "hub-a", "job": "c"}}] if severity else []
+    return {"eval_time": at, "alertname": alert, "exp_alerts": labels}
+
+
+# Minute by minute: cycles succeed until 10m, then stop; the policy file goes bad at 6m; from 11m on, 2 of
+# every 17 hub requests answer 503 (the 404s are answers, not errors).
+ALERT_TESTS = {
+    "evaluation_interval": "1m",
+    "tests": [
+        {
+            "interval": "1m",
+            "input_series": [
+                series("last_successful_cycle_timestamp_seconds{@}", "0+60x10 600x40"),
+                series("policy_valid{@}", "1x5 0x20"),
+                series('hub_requests_total{@,method="GET",endpoint="users",status="200"}', "0+10x40"),
+                series('hub_requests_total{@,method="GET",endpoint="users",status="503"}', "0x10 0+2x30"),
+                series('hub_requests_total{@,method="DELETE",endpoint="users/{name}/server",status="404"}', "0+5x40"),
+            ],
+            "alert_rule_test": [
+                firing("9m", "ActivityCullerNotCycling", None),
+                firing("30m", "ActivityCullerNotCycling", None),  # 25m: 15 minutes without; 5m pending
+                firing("35m", "ActivityCullerNotCycling", "critical"),
+                firing("14m", "ActivityCullerPolicyInvalid", None),
+                firing("17m", "ActivityCullerPolicyInvalid", "warning"),
+                firing("10m", "ActivityCullerHubApiErrors", None),
+                firing("35m", "ActivityCullerHubApiErrors", "warning"),
+            ],
+        }
+    ],
+}
 
 
 def test_rules_pass_promtool_and_the_prometheusrule_holds_the_same_groups(tmp_path: Path) -> None:
@@ -295,10 +294,35 @@ def test_rules_pass_promtool_and_the_prometheusrule_holds_the_same_groups(tmp_pa
 
 
 def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    # promtool compares annotations too: test the expressions, labels and "for" without them
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": groups}))
     tests = tmp_path / "rules_test.yaml"
-    tests.write_text(ALERT_TESTS.format(rules=json.dumps(str(RULES))))
+    tests.write_text(yaml.safe_dump({"rule_files": [str(rules)], **ALERT_TESTS}))
     checked = promtool("test", "rules", str(tests))
     assert checked.returncode == 0, f"promtool test rules: {checked.stdout}{checked.stderr}"
+
+
+def test_dashboard_is_importable_beside_the_jupyterhub_dashboards() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] == "JupyterHub activity culler" and dashboard["uid"]
+    assert dashboard["tags"] == ["jupyterhub"] and dashboard["schemaVersion"] >= 39
+    variables = {var["name"]: var for var in dashboard["templating"]["list"]}
+    assert variables["PROMETHEUS_DS"]["type"] == "datasource" and variables["PROMETHEUS_DS"]["query"] == "prometheus"
+    assert variables["hub"]["definition"] == "label_values(activity_culler_cycles_total, namespace)"
+    assert variables["hub"]["datasource"]["uid"] == "${PROMETHEUS_DS}"
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] != "row":
+            assert panel["type"] in ("timeseries", "stat") and panel["targets"], panel["title"]
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${PROMETHEUS_DS}"}, panel["title"]
 
 
 # -- rules and dashboard against the running service --------------------------------------------------
