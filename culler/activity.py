@@ -1,0 +1,130 @@
+"""What users (and admins) see about their servers: rows built from the latest decisions, the settling
+servers and the stop history (pure, no I/O). ``LatestDecisions`` is the listener that keeps the decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from culler.cycle import CycleReport, Result
+from culler.decide import Action, Decision
+from culler.durations import format_duration
+from culler.timeutil import isoformat, utcnow
+
+_UNITS = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+class History(Protocol):
+    def last_stop(self, user: str, server: str) -> dict[str, str | None] | None: ...
+
+
+class LatestDecisions:
+    """A ``Listener`` keeping the decisions of the latest cycle that listed the hub."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+        self.at: datetime | None = None
+
+    def cycle_done(self, report: CycleReport) -> None:
+        if report.decisions or report.error is None:
+            self.decisions = list(report.decisions)
+            self.at = report.started
+
+    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
+        if result in (Result.STOPPED, Result.GONE):
+            self.decisions = [d for d in self.decisions if d.server.key != decision.server.key]
+
+
+def humanize(seconds: float) -> str:
+    """``3 days 4 hours``: the two largest units, in words."""
+    remaining = int(max(0, seconds))
+    if remaining == 0:
+        return "less than a second"
+    parts = []
+    for unit, size in _UNITS:
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    return " ".join(parts[:2])
+
+
+def server_name(name: str) -> str:
+    return name or "default"
+
+
+def row(
+    decision: Decision,
+    now: datetime,
+    settling: Mapping[str, Mapping[str, Any]] | None = None,
+    history: History | None = None,
+) -> dict[str, Any]:
+    server = decision.server
+    idle = (now - server.activity_time).total_seconds() if server.activity_time else None
+    settle = (settling or {}).get(server.label)
+    until: float | None = None
+    stop_at = decision.stop_at
+    which = f"Your server {server_name(server.name)}"
+    if decision.action is Action.SKIP:
+        state, message, stop_at = "pending", f"{which} is starting or stopping: not judged now.", None
+    elif decision.action is Action.EXEMPT:
+        state, message, stop_at = "exempt", "exempt: never stopped", None
+    elif settle is not None:
+        state, until = "settling", 0.0
+        message = f"{which} is due to stop: waiting for your home directory to be quiet"
+    elif decision.action is Action.STOP:
+        state, until, message = "due", 0.0, f"{which} is due to be stopped now."
+    elif stop_at is None:
+        state, message = "keep", f"{which} will not be stopped."
+    else:
+        state = "keep"
+        until = max(0.0, (stop_at - now).total_seconds())
+        if until > 0:
+            message = f"{which} will be stopped in {humanize(until)} unless you use it."
+        else:
+            message = f"{which} is due to be stopped at the next check unless you use it."
+    return {
+        "server": server.name,
+        "user": server.user,
+        "last_activity": isoformat(server.activity_time),
+        "idle": format_duration(idle) if idle is not None else None,
+        "rule": decision.rule_id,
+        "decision": state,
+        "stop_at": isoformat(stop_at),
+        "seconds_until_stop": None if until is None else round(until),
+        "message": message,
+        "settle": dict(settle) if settle is not None else None,
+        "last_stop": history.last_stop(server.user, server.name) if history is not None else None,
+    }
+
+
+def settling_map(settling: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The settler's ``describe()`` list, by server label."""
+    return {str(entry.get("server")): entry for entry in settling}
+
+
+def rows(
+    decisions: Sequence[Decision],
+    now: datetime | None = None,
+    settling: Iterable[Mapping[str, Any]] = (),
+    history: History | None = None,
+) -> list[dict[str, Any]]:
+    """Every server, sorted by user then server."""
+    now = now or utcnow()
+    by_label = settling_map(settling)
+    ordered = sorted(decisions, key=lambda d: (d.server.user, d.server.name))
+    return [row(d, now, by_label, history) for d in ordered]
+
+
+def for_user(all_rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in all_rows if r["user"] == name]
+
+
+def admin_view(all_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every server, soonest stop first; servers that will not stop last."""
+
+    def key(r: Mapping[str, Any]) -> tuple[int, float, str, str]:
+        until = r.get("seconds_until_stop")
+        return (until is None, until or 0.0, r["user"], r["server"])
+
+    return sorted((dict(r) for r in all_rows), key=key)

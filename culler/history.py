@@ -1,0 +1,93 @@
+"""The stop history: which servers the service stopped, when and why (a ``Listener``).
+
+Kept in memory (bounded) and, when a path is set, appended as JSON lines so that it outlives restarts."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from culler.cycle import CycleReport, Result
+from culler.decide import Decision
+from culler.timeutil import isoformat, utcnow
+
+log = logging.getLogger("culler.history")
+
+RECORDED = frozenset({Result.STOPPED, Result.GONE, Result.SLOW})
+FIELDS = ("user", "server", "time", "rule", "reason", "result", "settle")
+
+
+class StopHistory:
+    def __init__(self, path: Path | None, limit: int = 1000, clock: Callable[[], datetime] = utcnow) -> None:
+        self.path = path
+        self.clock = clock
+        self.entries: deque[dict[str, str | None]] = deque(maxlen=max(1, limit))
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            with path.open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    entry = _parse(line)
+                    if entry is None:
+                        if line.strip():
+                            log.warning("skipping bad stop history line %d in %s", number, path)
+                        continue
+                    self.entries.append(entry)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            log.warning("cannot read the stop history %s: %s", path, error)
+
+    def cycle_done(self, report: CycleReport) -> None:
+        return None
+
+    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
+        if result not in RECORDED:
+            return
+        entry: dict[str, str | None] = {
+            "user": decision.server.user,
+            "server": decision.server.name,
+            "time": isoformat(self.clock()),
+            "rule": decision.rule_id,
+            "reason": decision.reason,
+            "result": str(result),
+            "settle": settle,
+        }
+        self.entries.append(entry)
+        if self.path is not None:
+            try:
+                with self.path.open("a", encoding="utf-8") as out:
+                    out.write(json.dumps(entry, sort_keys=True) + "\n")
+            except OSError as error:
+                log.warning("cannot append to the stop history %s: %s", self.path, error)
+
+    def for_user(self, name: str) -> list[dict[str, str | None]]:
+        """The user's stops, newest first."""
+        return [dict(e) for e in reversed(self.entries) if e["user"] == name]
+
+    def last_stop(self, user: str, server: str) -> dict[str, str | None] | None:
+        for entry in reversed(self.entries):
+            if entry["user"] == user and entry["server"] == server:
+                return dict(entry)
+        return None
+
+    def all(self) -> list[dict[str, str | None]]:
+        return [dict(e) for e in reversed(self.entries)]
+
+
+def _parse(line: str) -> dict[str, str | None] | None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not isinstance(data.get("server"), str):
+        return None
+    if not isinstance(data.get("time"), str):
+        return None
+    return {key: (None if data.get(key) is None else str(data.get(key))) for key in FIELDS}

@@ -1,0 +1,294 @@
+"""The users' activity rows, the stop history, the api/servers endpoint and the browser login (OAuth)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import web
+
+from culler.activity import LatestDecisions, admin_view, for_user, humanize, rows
+from culler.activity_web import OAuthConfig, add_activity_routes, identity_of, render_page
+from culler.cycle import CycleReport, Result
+from culler.decide import Action, Decision
+from culler.history import StopHistory
+from culler.policy import Settle
+from culler.snapshot import ServerSnapshot
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+PREFIX = "/services/culler/"
+
+
+def server(user: str, name: str = "", idle_hours: float = 2) -> ServerSnapshot:
+    return ServerSnapshot(
+        user=user,
+        name=name,
+        admin=False,
+        groups=(),
+        last_activity=NOW - timedelta(hours=idle_hours),
+        started=NOW - timedelta(days=30),
+        pending=None,
+        ready=True,
+    )
+
+
+def decisions() -> list[Decision]:
+    return [
+        Decision(server("alice"), Action.KEEP, "default", "idle", 7200, NOW + timedelta(days=3, hours=4, minutes=5)),
+        Decision(server("alice", "gpu"), Action.STOP, "gpu", "no activity", 90000, NOW - timedelta(hours=1)),
+        Decision(server("bob"), Action.EXEMPT, "staff", "exempt: staff", 60),
+        Decision(
+            server("bob", "big"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["tree-scan"])
+        ),
+        Decision(server("carol"), Action.KEEP, "default", "idle", 60, NOW + timedelta(minutes=30)),
+    ]
+
+
+SETTLING = [{"server": "bob/big", "rule": "gpu", "since": "2024-06-01T11:50:00Z", "state": "files changing"}]
+
+
+def stop_history(tmp_path: Path) -> StopHistory:
+    history = StopHistory(tmp_path / "stops.jsonl", clock=lambda: NOW - timedelta(days=1))
+    old = Decision(server("alice", "old"), Action.STOP, "default", "no activity for 2d (limit 1d, rule default)")
+    history.server_stopped(old, Result.STOPPED, "home quiet")
+    history.server_stopped(Decision(server("bob"), Action.STOP, "default", "no activity"), Result.GONE, None)
+    return history
+
+
+def test_humanize() -> None:
+    assert humanize(3 * 86400 + 4 * 3600 + 5 * 60) == "3 days 4 hours"
+    assert humanize(3600) == "1 hour"
+    assert humanize(0) == "less than a second"
+
+
+def test_rows_states_and_messages(tmp_path: Path) -> None:
+    history = stop_history(tmp_path)
+    by_label = {(r["user"], r["server"]): r for r in rows(decisions(), NOW, SETTLING, history)}
+    keep = by_label[("alice", "")]
+    assert keep["decision"] == "keep"
+    assert keep["message"] == "Your server default will be stopped in 3 days 4 hours unless you use it."
+    assert keep["seconds_until_stop"] == 3 * 86400 + 4 * 3600 + 300
+    assert keep["stop_at"] == "2024-06-04T16:05:00Z"
+    assert keep["idle"] == "2h"
+    assert keep["last_activity"] == "2024-06-01T10:00:00Z"
+    assert by_label[("alice", "gpu")]["decision"] == "due"
+    assert by_label[("alice", "gpu")]["seconds_until_stop"] == 0
+    exempt = by_label[("bob", "")]
+    assert (exempt["decision"], exempt["message"], exempt["stop_at"]) == ("exempt", "exempt: never stopped", None)
+    assert exempt["seconds_until_stop"] is None
+    assert exempt["last_stop"]["result"] == "gone"
+    settling = by_label[("bob", "big")]
+    assert settling["decision"] == "settling"
+    assert "waiting for your home directory to be quiet" in settling["message"]
+    assert settling["settle"]["state"] == "files changing"
+    assert by_label[("alice", "")]["last_stop"] is None
+
+
+def test_user_and_admin_views() -> None:
+    all_rows = rows(decisions(), NOW, SETTLING)
+    assert {r["user"] for r in for_user(all_rows, "alice")} == {"alice"}
+    order = [(r["user"], r["server"]) for r in admin_view(all_rows)]
+    assert order[-1] == ("bob", "")  # never stops: last
+    assert order[2] == ("carol", "")  # 30 minutes, after the two due now
+    assert order[3] == ("alice", "")
+
+
+def test_latest_decisions_listener() -> None:
+    latest = LatestDecisions()
+    latest.cycle_done(CycleReport(started=NOW, decisions=decisions()))
+    assert len(latest.decisions) == 5
+    latest.cycle_done(CycleReport(started=NOW, error="hub unreachable"))
+    assert len(latest.decisions) == 5  # a failed listing keeps what was known
+    latest.server_stopped(decisions()[1], Result.STOPPED, None)
+    assert [d.server.key for d in latest.decisions if d.server.user == "alice"] == ["alice/"]
+
+
+def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
+    history = stop_history(tmp_path)
+    history.server_stopped(decisions()[0], Result.FAILED, None)  # not a stop: not recorded
+    history.server_stopped(decisions()[0], Result.WOULD_STOP, None)
+    path = tmp_path / "stops.jsonl"
+    with path.open("a") as out:
+        out.write("not json\n\n" + json.dumps({"user": 3}) + "\n")
+    history.server_stopped(decisions()[1], Result.SLOW, None)
+    again = StopHistory(path)
+    assert [(e["user"], e["server"], e["result"]) for e in again.all()] == [
+        ("alice", "gpu", "slow-stopping"),
+        ("bob", "", "gone"),
+        ("alice", "old", "stopped"),
+    ]
+    assert again.last_stop("alice", "old") == {
+        "user": "alice",
+        "server": "old",
+        "time": "2024-05-31T12:00:00Z",
+        "rule": "default",
+        "reason": "no activity for 2d (limit 1d, rule default)",
+        "result": "stopped",
+        "settle": "home quiet",
+    }
+    assert [e["server"] for e in again.for_user("alice")] == ["gpu", "old"]
+    assert StopHistory(path, limit=1).all()[0]["server"] == "gpu"
+    assert StopHistory(tmp_path / "missing.jsonl").all() == []
+
+
+def test_identity_of_hub_model() -> None:
+    model = {"kind": "user", "name": "alice", "admin": False, "scopes": ["read:servers!user=alice"]}
+    assert identity_of(json.dumps(model).encode()) == {
+        "name": "alice",
+        "admin": False,
+        "scopes": frozenset({"read:servers!user=alice"}),
+    }
+
+
+IDENTITIES: dict[str, dict[str, Any]] = {
+    "alice-token": {"name": "alice", "admin": False, "scopes": frozenset({"read:servers!user=alice"})},
+    "bob-token": {"name": "bob", "admin": False, "scopes": frozenset({"read:servers!user=bob"})},
+    "admin-token": {"name": "root", "admin": True, "scopes": frozenset()},
+    "reader-token": {"name": "prom", "admin": False, "scopes": frozenset({"read:servers"})},
+    "alice-oauth-token": {"name": "alice", "admin": False, "scopes": frozenset({"access:services!service=culler"})},
+}
+
+
+async def identify(token: str) -> dict[str, Any] | None:
+    return IDENTITIES.get(token)
+
+
+def service_app(tmp_path: Path, oauth: OAuthConfig | None = None) -> web.Application:
+    history = stop_history(tmp_path)
+    app = web.Application()
+    add_activity_routes(app, PREFIX, lambda: rows(decisions(), NOW, SETTLING, history), history, identify, oauth)
+    return app
+
+
+async def test_api_servers_access(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(service_app(tmp_path))
+    url = PREFIX + "api/servers"
+    assert (await client.get(url)).status == 401
+    assert (await client.get(url, headers={"Authorization": "token nope"})).status == 403
+    response = await client.get(url, headers={"Authorization": "token alice-token"})
+    body = await response.json()
+    assert body["user"] == "alice"
+    assert {r["user"] for r in body["servers"]} == {"alice"}
+    assert {e["user"] for e in body["history"]} == {"alice"}
+    assert (await client.get(url + "?all=1", headers={"Authorization": "Bearer alice-token"})).status == 403
+    response = await client.get(url, headers={"Authorization": "Bearer bob-token"})
+    assert {r["user"] for r in (await response.json())["servers"]} == {"bob"}
+    for token in ("admin-token", "reader-token"):
+        response = await client.get(url + "?all=1", headers={"Authorization": f"token {token}"})
+        assert response.status == 200
+        servers = (await response.json())["servers"]
+        assert {r["user"] for r in servers} == {"alice", "bob", "carol"}
+        assert servers[-1]["seconds_until_stop"] is None
+
+
+async def test_page_needs_oauth_routes(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await aiohttp_client(service_app(tmp_path))  # no OAuth: the API only
+    assert (await client.get(PREFIX)).status == 404
+
+
+@pytest.fixture
+async def fake_hub(aiohttp_server: Any) -> Any:
+    posted: list[dict[str, str]] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        posted.append({k: str(v) for k, v in form.items()})
+        if form.get("code") != "good-code" or form.get("client_secret") != "service-api-token":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "alice-oauth-token", "token_type": "Bearer"})
+
+    hub = web.Application()
+    hub.router.add_post("/hub/api/oauth2/token", token)
+    server = await aiohttp_server(hub)
+    server.posted = posted
+    return server
+
+
+async def test_oauth_login(aiohttp_client: Any, fake_hub: Any, tmp_path: Path) -> None:
+    oauth = OAuthConfig(
+        client_id="service-culler",
+        client_secret="service-api-token",
+        redirect_uri=PREFIX + "oauth_callback",
+        token_url=str(fake_hub.make_url("/hub/api/oauth2/token")),
+    )
+    client = await aiohttp_client(service_app(tmp_path, oauth))
+    response = await client.get(PREFIX, allow_redirects=False)
+    assert response.status == 302
+    location = urlsplit(response.headers["Location"])
+    assert location.path == "/hub/api/oauth2/authorize"
+    query = {k: v[0] for k, v in parse_qs(location.query).items()}
+    assert query["client_id"] == "service-culler"
+    assert query["redirect_uri"] == PREFIX + "oauth_callback"
+    assert query["response_type"] == "code"
+    state = query["state"]
+
+    callback = PREFIX + "oauth_callback"
+    response = await client.get(callback, params={"code": "good-code", "state": "forged"}, allow_redirects=False)
+    assert response.status == 400
+    assert fake_hub.posted == []
+
+    response = await client.get(callback, params={"code": "good-code", "state": state}, allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == PREFIX
+    assert fake_hub.posted == [
+        {
+            "grant_type": "authorization_code",
+            "code": "good-code",
+            "redirect_uri": PREFIX + "oauth_callback",
+            "client_id": "service-culler",
+            "client_secret": "service-api-token",
+        }
+    ]
+    cookies = response.headers.getall("Set-Cookie")
+    session = next(c for c in cookies if c.startswith("culler-activity-session="))
+    assert "HttpOnly" in session
+    assert "SameSite=Lax" in session
+    assert f"Path={PREFIX}" in session
+    assert not any("alice-oauth-token" in c for c in cookies)  # the access token stays server-side
+
+    # the state is spent: replaying the callback fails
+    replay = await client.get(callback, params={"code": "good-code", "state": state}, allow_redirects=False)
+    assert replay.status == 400
+
+    page = await client.get(PREFIX)
+    assert page.status == 200
+    text = await page.text()
+    assert "Your server default will be stopped in 3 days 4 hours unless you use it." in text
+    assert "Your server old was stopped on 2024-05-31T12:00:00Z because no activity for 2d" in text
+    assert "bob" not in text  # alice is no admin: nobody else's servers
+    assert "All servers" not in text
+
+    # the session also answers the API, for alice only
+    api = await client.get(PREFIX + "api/servers")
+    assert {r["user"] for r in (await api.json())["servers"]} == {"alice"}
+    assert (await client.get(PREFIX + "api/servers?all=1")).status == 403
+
+    await client.get(PREFIX + "logout")
+    assert (await client.get(PREFIX, allow_redirects=False)).status == 302
+
+
+async def test_oauth_refused_code(aiohttp_client: Any, fake_hub: Any, tmp_path: Path) -> None:
+    oauth = OAuthConfig(
+        "service-culler",
+        "service-api-token",
+        PREFIX + "oauth_callback",
+        str(fake_hub.make_url("/hub/api/oauth2/token")),
+    )
+    client = await aiohttp_client(service_app(tmp_path, oauth))
+    location = urlsplit((await client.get(PREFIX, allow_redirects=False)).headers["Location"])
+    state = parse_qs(location.query)["state"][0]
+    response = await client.get(PREFIX + "oauth_callback", params={"code": "bad", "state": state})
+    assert response.status == 403
+
+
+def test_admin_page_escapes(tmp_path: Path) -> None:
+    history = stop_history(tmp_path)
+    evil = Decision(server("<script>x</script>"), Action.KEEP, "r<1>", "idle", 1, NOW + timedelta(hours=1))
+    page = render_page({"name": "root", "admin": True, "scopes": frozenset()}, rows([evil], NOW), history)
+    assert "<script>x" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    assert "All servers" in page
