@@ -12,8 +12,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from culler.activity import LatestDecisions, rows
+from culler.activity_web import OAuthConfig, add_activity_routes, hub_identify
 from culler.cycle import Culler, CycleOptions, CycleReport
 from culler.health import Health
+from culler.history import StopHistory
 from culler.hub import HubClient, HubError, RequestObserver, internal_ssl_context
 from culler.logs import event
 from culler.metrics import Metrics
@@ -97,6 +100,9 @@ class Service:
         self.store = store
         self.culler = culler
         self.metrics = metrics
+        self.latest = LatestDecisions()
+        self.history = StopHistory(settings.stop_history, settings.stop_history_limit)
+        culler.listeners += [self.latest, self.history]
         self.health = Health(settings.interval)
         self._cycle_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
@@ -174,6 +180,25 @@ class Service:
         event(log, logging.INFO, "stopped")
         return 0
 
+    def _rows(self) -> list[dict[str, object]]:
+        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe(), self.history)
+
+    def _oauth(self) -> OAuthConfig | None:
+        """The page's login through the hub: only for a service registered with a url (it has a client id)."""
+        s = self.settings
+        if not s.oauth_client_id or s.api_token is None:
+            return None
+        return OAuthConfig(
+            client_id=s.oauth_client_id,
+            client_secret=s.api_token.get_secret_value(),
+            redirect_uri=s.oauth_callback_url or f"{s.service_prefix.rstrip('/')}/oauth_callback",
+            token_url=self.culler.hub.api_url + "oauth2/token",
+            authorize_url=s.oauth_authorize_url,
+            session_ttl=s.session_ttl,
+            secure_cookies=s.secure_cookies,
+            ssl_context=internal_ssl_context(s.internal_certs_location) if s.ssl_enabled else None,
+        )
+
     async def _token_scopes(self, token: str) -> frozenset[str] | None:
         try:
             return await self.culler.hub.token_scopes(token)
@@ -198,6 +223,10 @@ class Service:
             self._token_scopes,
             handler,
             self.settings.service_name,
+            index_page=self._oauth() is None,
+        )
+        add_activity_routes(
+            app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.culler.hub), self._oauth()
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()

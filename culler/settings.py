@@ -103,6 +103,18 @@ class Settings(BaseSettings):
     warn_timeout: float = Field(10.0, gt=0)
     activity_page_url: str | None = Field(None, description="a link for users, put in warning payloads")
 
+    oauth_client_id: str | None = Field(
+        None, validation_alias=_env("oauth_client_id", "JUPYTERHUB_CLIENT_ID"), description="the page's hub login"
+    )
+    oauth_callback_url: str | None = Field(
+        None, validation_alias=_env("oauth_callback_url", "JUPYTERHUB_OAUTH_CALLBACK_URL")
+    )
+    oauth_authorize_url: str = Field("/hub/api/oauth2/authorize", description="where browsers go to log in")
+    stop_history: Path | None = Field(None, description="JSON-lines file of past stops, loaded at start")
+    stop_history_limit: int = Field(1000, ge=1)
+    session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a page login lasts")
+    secure_cookies: bool = Field(False, description="mark the session cookie Secure (behind https)")
+
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))

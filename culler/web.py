@@ -102,13 +102,15 @@ def make_app(
     scopes_fn: ScopesFn | None = None,
     metrics_handler: Handler | None = None,
     service_name: str = "activity-culler",
+    index_page: bool = True,
 ) -> web.Application:
     prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
     app = web.Application()
     app[HEALTH_KEY] = health_fn
     app.router.add_get(prefix + "health", health)
     app.router.add_get(prefix + "live", live)
-    app.router.add_get(prefix, index)
+    if index_page:  # else the activity page takes the prefix itself
+        app.router.add_get(prefix, index)
     if settling_fn is not None and scopes_fn is not None:
         app[SETTLING_KEY] = settling_fn
         app[TOKENS_KEY] = TokenCache(scopes_fn)
