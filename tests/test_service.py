@@ -352,3 +352,26 @@ async def test_a_taken_port_does_not_end_the_service(fake: FakeHub, start: Any) 
         assert service.output.count("cannot listen") == 1
     finally:
         blocker.close()
+
+
+async def test_the_open_metrics_listener_needs_no_token(fake: FakeHub, start: Any) -> None:
+    idle_and_active(fake)
+    port = free_port()
+    service = start(fake.url, "--timeout=3600", f"--metrics-bind-url=http://127.0.0.1:{port}")
+    await service.health_is(200, lambda b: b.get("status") == "ok")
+
+    async def scraped() -> str | None:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/metrics") as answer,
+            ):
+                return await answer.text() if answer.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    text = await wait_for(scraped, "the open metrics port to answer")
+    assert 'activity_culler_cycles_total{result="ok"}' in text
+    assert TOKEN not in text
+    answer = await service.get("/metrics")  # under the prefix, a token is still required
+    assert answer is not None and answer[0] == 401
