@@ -19,10 +19,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from culler.activity import admin_view, for_user, humanize, server_name
-from culler.hub import HubClient, HubProtocolError, HubUnreachable
+from culler.hub import HubClient, HubError, HubProtocolError
 
 log = logging.getLogger("culler.activity_web")
 
@@ -63,17 +62,8 @@ def hub_identify(hub: HubClient) -> IdentifyFn:
     """``identify`` through the hub's ``GET /user`` with the caller's token (``None``: token refused)."""
 
     async def identify(token: str) -> Identity | None:
-        url = URL(hub.api_url + "user", encoded=True)
-        try:
-            async with hub._get_session().get(url, headers={"Authorization": f"token {token}"}) as response:
-                payload, status = await response.read(), response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise HubUnreachable(f"cannot reach the hub API at {hub.api_url} to check a token") from error
-        if status in (401, 403):
-            return None
-        if status != 200:
-            raise HubProtocolError(f"GET user (identify): the hub answered {status}")
-        return identity_of(payload)
+        model = await hub.token_owner(token)
+        return None if model is None else identity_from(model)
 
     return identify
 
@@ -83,6 +73,10 @@ def identity_of(payload: bytes) -> Identity:
         model = json.loads(payload)
     except ValueError as error:
         raise HubProtocolError("GET user (identify): not JSON") from error
+    return identity_from(model)
+
+
+def identity_from(model: object) -> Identity:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise HubProtocolError("GET user (identify): no 'name'")
     scopes = model.get("scopes")
@@ -135,7 +129,7 @@ class ActivityWeb:
         if token is not None:
             try:
                 identity = await self.identify(token)
-            except (HubUnreachable, HubProtocolError) as error:
+            except HubError as error:
                 return web.json_response({"error": str(error)}, status=502)
             if identity is None:
                 return web.json_response({"error": "the hub does not accept this token"}, status=403)
@@ -218,7 +212,7 @@ class ActivityWeb:
             return web.Response(status=403, text="the hub refused the login code\n")
         try:
             identity = await self.identify(token)
-        except (HubUnreachable, HubProtocolError) as error:
+        except HubError as error:
             return web.Response(status=502, text=f"{error}\n")
         if identity is None:
             return web.Response(status=403, text="the hub does not accept the login token\n")

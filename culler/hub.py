@@ -289,8 +289,9 @@ class HubClient:
         entry = servers.get(server)
         return not isinstance(entry, dict) or (not entry.get("ready") and not entry.get("pending"))
 
-    async def token_scopes(self, token: str) -> frozenset[str] | None:
-        """The scopes of a caller's hub token (``None`` when the hub does not accept it). One attempt."""
+    async def token_owner(self, token: str) -> dict[str, Any] | None:
+        """The hub's model of a caller's token owner (``GET /user``: name, admin, scopes...); ``None`` when
+        the hub does not accept the token. One attempt: a caller is waiting."""
         url = URL(self.api_url + "user", encoded=True)
         try:
             async with self._get_session().get(url, headers={"Authorization": f"token {token}"}) as response:
@@ -302,9 +303,19 @@ class HubClient:
         if status != 200:
             raise HubAPIError(f"GET user (token check): the hub answered {status}", status)
         try:
-            scopes = json.loads(payload).get("scopes")
-        except (ValueError, AttributeError) as error:
-            raise HubProtocolError("GET user (token check): not a JSON object") from error
+            model = json.loads(payload)
+        except ValueError as error:
+            raise HubProtocolError("GET user (token check): not JSON") from error
+        if not isinstance(model, dict):
+            raise HubProtocolError("GET user (token check): not a JSON object")
+        return model
+
+    async def token_scopes(self, token: str) -> frozenset[str] | None:
+        """The scopes of a caller's hub token (``None`` when the hub does not accept it)."""
+        model = await self.token_owner(token)
+        if model is None:
+            return None
+        scopes = model.get("scopes")
         if not isinstance(scopes, list):
             raise HubProtocolError("GET user (token check): no 'scopes' list")
         return frozenset(str(scope) for scope in scopes)
