@@ -240,3 +240,190 @@ def test_policy_schema(capsys):
     assert main(["policy", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"version", "defaults", "rules", "users"}
+
+
+# -- the command lines the charts build, row by row ------------------------------------------------------
+
+Z2JH_CULL_DEFAULTS = {
+    "users": False,
+    "adminUsers": True,
+    "removeNamedServers": False,
+    "timeout": 3600,
+    "every": 600,
+    "concurrency": 10,
+    "maxAge": 0,
+}
+
+
+def z2jh_command(base_url: str = "/", **cull: object) -> list[str]:
+    """The arguments Zero-to-JupyterHub's hub config (jupyterhub/files/hub/jupyterhub_config.py, the
+    ``cull.enabled`` block) passes after ``python3 -m jupyterhub_idle_culler``, from ``cull.*`` values:
+    falsy numbers leave their flag out, booleans are bare, and adminUsers false adds ``=false``."""
+    values = {**Z2JH_CULL_DEFAULTS, **cull}
+    args = [f"--url=http://localhost:8081{base_url.rstrip('/')}/hub/api"]
+    if values["timeout"]:
+        args.append(f"--timeout={values['timeout']}")
+    if values["every"]:
+        args.append(f"--cull-every={values['every']}")
+    if values["concurrency"]:
+        args.append(f"--concurrency={values['concurrency']}")
+    if values["users"]:
+        args.append("--cull-users")
+    if not values["adminUsers"]:
+        args.append("--cull-admin-users=false")
+    if values["removeNamedServers"]:
+        args.append("--remove-named-servers")
+    if values["maxAge"]:
+        args.append(f"--max-age={values['maxAge']}")
+    return args
+
+
+TLJH_CULL_DEFAULTS = {"timeout": 600, "every": 60, "concurrency": 5, "users": False, "max_age": 0}
+
+
+def tljh_command(remove_named_servers: bool = False, **cull: object) -> list[str]:
+    """The arguments TLJH's configurer (tljh/configurer.py, ``set_cull_idle_service``) passes from
+    ``services.cull.*``: no --url (the hub-managed service reads $JUPYTERHUB_API_URL), every number
+    always with ``%d``, booleans bare."""
+    values = {**TLJH_CULL_DEFAULTS, **cull}
+    args = [f"--{flag}={int(values[key])}" for flag, key in (("timeout", "timeout"), ("cull-every", "every"))]
+    args += [f"--concurrency={int(values['concurrency'])}", f"--max-age={int(values['max_age'])}"]
+    if values["users"]:
+        args.append("--cull-users")
+    if remove_named_servers:
+        args.append("--remove-named-servers")
+    return args
+
+
+def test_chart_builders_match_the_known_command_lines():
+    """Anchors: the default lines, as the charts' sources write them."""
+    assert z2jh_command() == shlex.split(ZTJH)
+    assert tljh_command() == ["--timeout=600", "--cull-every=60", "--concurrency=5", "--max-age=0"]
+
+
+def effective(settings: Settings) -> dict[str, object]:
+    policy = flags_policy(settings)
+    users = policy.users and (policy.users.delete_inactive_after, policy.users.include_admins)
+    return {
+        "url": settings.url,
+        "interval": settings.interval,
+        "concurrency": settings.concurrency,
+        "idle": policy.defaults.idle,
+        "max_age": policy.defaults.max_age,
+        "remove": policy.defaults.remove_named_servers,
+        "users": users,
+        "rules": [rule.id for rule in policy.rules],
+    }
+
+
+Z2JH_EFFECTIVE = {
+    "url": "http://localhost:8081/hub/api",
+    "interval": 600,
+    "concurrency": 10,
+    "idle": 3600,
+    "max_age": math.inf,
+    "remove": False,
+    "users": None,
+    "rules": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "changed"),
+    [
+        pytest.param({}, {}, id="chart-defaults"),
+        pytest.param({"base_url": "/jhub/"}, {"url": "http://localhost:8081/jhub/hub/api"}, id="base-url"),
+        pytest.param({"users": True}, {"users": (3600, True)}, id="users"),
+        pytest.param({"users": True, "adminUsers": False}, {"users": (3600, False)}, id="users-not-admins"),
+        # the chart adds --cull-admin-users=false even when users is false: still no deletions
+        pytest.param({"adminUsers": False}, {}, id="admin-users-false-alone"),
+        pytest.param({"removeNamedServers": True}, {"remove": True}, id="remove-named-servers"),
+        pytest.param({"maxAge": 28800}, {"max_age": 28800}, id="max-age"),
+        pytest.param({"timeout": 1800, "every": 60}, {"idle": 1800, "interval": 60}, id="timeout-every"),
+        pytest.param({"concurrency": 25}, {"concurrency": 25}, id="concurrency"),
+        # falsy values leave the flag out; README: 7-day default timeout, 300 s default interval
+        pytest.param({"timeout": 0}, {"idle": 7 * 86400}, id="timeout-0-omitted"),
+        pytest.param({"every": 0}, {"interval": 300}, id="every-0-omitted"),
+        pytest.param({"concurrency": 0}, {}, id="concurrency-0-omitted"),
+        pytest.param(
+            {
+                "base_url": "/lab/",
+                "users": True,
+                "adminUsers": False,
+                "removeNamedServers": True,
+                "timeout": 7200,
+                "every": 300,
+                "concurrency": 5,
+                "maxAge": 86400,
+            },
+            {
+                "url": "http://localhost:8081/lab/hub/api",
+                "users": (7200, False),
+                "remove": True,
+                "idle": 7200,
+                "interval": 300,
+                "concurrency": 5,
+                "max_age": 86400,
+            },
+            id="everything",
+        ),
+    ],
+)
+def test_zero_to_jupyterhub_cull_values(values, changed):
+    values = dict(values)
+    base_url = values.pop("base_url", "/")
+    command = z2jh_command(base_url, **values)
+    assert effective(parse(shlex.join(command))) == Z2JH_EFFECTIVE | changed, command
+
+
+TLJH_EFFECTIVE = {
+    "url": "http://127.0.0.1:8081/tljh/hub/api",
+    "interval": 60,
+    "concurrency": 5,
+    "idle": 600,
+    "max_age": math.inf,
+    "remove": False,
+    "users": None,
+    "rules": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "changed"),
+    [
+        pytest.param({}, {}, id="tljh-defaults"),
+        pytest.param({"users": True}, {"users": (600, True)}, id="users"),
+        pytest.param({"remove_named_servers": True}, {"remove": True}, id="remove-named-servers"),
+        pytest.param({"max_age": 86400}, {"max_age": 86400}, id="max-age"),
+        pytest.param(
+            {"timeout": 3600, "every": 300, "concurrency": 10},
+            {"idle": 3600, "interval": 300, "concurrency": 10},
+            id="numbers",
+        ),
+        pytest.param({"every": 0}, {"interval": 300}, id="every-0-is-the-default"),  # the incumbent 2.0 crashes
+        pytest.param(
+            {"users": True, "remove_named_servers": True, "max_age": 43200, "timeout": 1800},
+            {"users": (1800, True), "remove": True, "max_age": 43200, "idle": 1800},
+            id="everything",
+        ),
+    ],
+)
+def test_tljh_cull_values(monkeypatch, values, changed):
+    monkeypatch.setenv("JUPYTERHUB_API_URL", TLJH_EFFECTIVE["url"])  # set by the hub for its managed service
+    command = tljh_command(**values)
+    assert effective(parse(shlex.join(command))) == TLJH_EFFECTIVE | changed, command
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(z2jh_command(users=True, removeNamedServers=True, adminUsers=False, maxAge=3600), id="z2jh"),
+        pytest.param(tljh_command(True, users=True, max_age=3600), id="tljh"),
+    ],
+)
+def test_chart_command_lines_with_incumbent_boolean_syntax(command):
+    """jupyterhub-idle-culler 2.0 itself needs ``--cull-users=true``: both spellings mean the same here."""
+    bools = {"--cull-users", "--remove-named-servers"}
+    spelled = [arg + "=true" if arg in bools else arg for arg in command]
+    assert spelled != command
+    assert effective(parse(shlex.join(spelled))) == effective(parse(shlex.join(command)))
