@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -60,6 +61,7 @@ class CycleReport:
     error: str | None = None
     skipped_users: int = 0
     duration: float = 0.0  # seconds, by the monotonic clock
+    cpu_seconds: float = 0.0  # this process's CPU time while the cycle ran (other tasks included)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +92,18 @@ def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
     return servers, problems
 
 
+def _activity_before_stops(listed: list[object], report: CycleReport) -> dict[str, datetime | None]:
+    """The listed activity of users whose servers this cycle stopped, from before the stops."""
+    stopped = {d.server.user for d in report.decisions if report.results.get(d.server.key) is Result.STOPPED}
+    earlier: dict[str, datetime | None] = {}
+    for model in listed:
+        with contextlib.suppress(SnapshotError):
+            user = user_of(model)
+            if user.name in stopped:
+                earlier[user.name] = user.last_activity
+    return earlier
+
+
 class Culler:
     """Runs cycles against one hub. Holds only what must outlive a cycle: errors already logged."""
 
@@ -115,9 +129,12 @@ class Culler:
         self.listeners: list[Listener] = []
 
     async def run(self, policy: Policy) -> CycleReport:
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), time.process_time()
         report = await self._run(policy)
         report.duration = time.monotonic() - began
+        report.cpu_seconds = time.process_time() - cpu_began
+        if report.ok:
+            self._summarise(report)
         self._notify("cycle_done", report)
         return report
 
@@ -150,8 +167,7 @@ class Culler:
         self._log_doubts(report.decisions)
         await self._stop_due(report)
         if policy.users is not None and not self.stopping.is_set():
-            await self._delete_users(policy, report)
-        self._summarise(report)
+            await self._delete_users(policy, report, users)
         return report
 
     def _log_doubts(self, decisions: list[Decision]) -> None:
@@ -301,7 +317,8 @@ class Culler:
                 event(log, logging.WARNING, "stop follow-up failed", server=server.key, error=str(error))
         return StopOutcome.STOPPING
 
-    async def _delete_users(self, policy: Policy, report: CycleReport) -> None:
+    async def _delete_users(self, policy: Policy, report: CycleReport, listed: list[object]) -> None:
+        earlier = _activity_before_stops(listed, report)
         try:
             models = await self.hub.list_users("inactive")
         except HubError as error:
@@ -311,7 +328,10 @@ class Culler:
         candidates: list[UserDecision] = []
         for model in models:
             try:
-                candidates.append(evaluate_user(policy, user_of(model), now))
+                user = user_of(model)
+                if user.name in earlier:  # the hub counts our stop as activity: judge what came before it
+                    user = replace(user, last_activity=earlier[user.name])
+                candidates.append(evaluate_user(policy, user, now))
             except SnapshotError as error:
                 event(log, logging.WARNING, "user skipped", error=str(error))
         to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
@@ -338,7 +358,6 @@ class Culler:
     def _summarise(self, report: CycleReport) -> None:
         actions = Counter(d.action.value for d in report.decisions)
         results = report.counts()
-        seconds = (self.clock() - report.started).total_seconds()
         event(
             log,
             logging.INFO,
@@ -348,5 +367,6 @@ class Culler:
             **{k.replace("-", "_"): v for k, v in sorted(results.items())},
             users_deleted=len(report.users_deleted),
             dry_run=self.options.dry_run or None,
-            seconds=f"{seconds:.2f}",
+            seconds=f"{report.duration:.2f}",
+            cpu=f"{report.cpu_seconds:.2f}",
         )

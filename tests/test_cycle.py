@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from fakehub import API, FakeHub
+from fakehub import API, FakeHub, iso
 
 from culler.cycle import Culler, CycleOptions, Result
 from culler.hub import HubClient
@@ -275,6 +275,51 @@ async def test_user_deletion_deletes_only_eligible_inactive_users(fake: FakeHub,
     assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]
 
 
+def touch_users_on_stop(fake: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make a stop set the user's last_activity to now, as JupyterHub's ``User.stop`` does."""
+    stop = fake._stop
+
+    async def touching(request: Any, user: str, server: str) -> Any:
+        response = await stop(request, user, server)
+        if response.status == 204 and user in fake.users:
+            fake.users[user]["last_activity"] = iso(NOW)
+        return response
+
+    monkeypatch.setattr(fake, "_stop", touching)
+
+
+async def test_a_user_whose_idle_server_is_stopped_is_deleted_in_the_same_cycle(
+    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub counts the stop as the user's activity: the user is judged on what was listed before it."""
+    touch_users_on_stop(fake, monkeypatch)
+    fake.add_server("gone-for-days", last_activity=ago(days=2))
+    fake.add_server("back-soon", last_activity=ago(hours=2))  # stopped, but inactive for less than a day
+    policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
+    report = await make_culler().run(policy)
+    assert report.results == {"gone-for-days/": Result.STOPPED, "back-soon/": Result.STOPPED}
+    assert fake.users["back-soon"]["last_activity"] == iso(NOW)  # the hub did touch the users
+    assert report.users_deleted == ["gone-for-days"]
+    assert [r.path for r in fake.deletes][-1] == USERS + "/gone-for-days"
+    assert "gone-for-days" not in fake.users and "back-soon" in fake.users
+
+
+async def test_a_recently_active_user_is_kept_when_max_age_stops_the_server(
+    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    touch_users_on_stop(fake, monkeypatch)
+    fake.add_server("long-runner", last_activity=ago(minutes=1), started=ago(days=2))
+    policy = Policy.model_validate(
+        {"version": 1, "defaults": {"idle": "1h", "max_age": "1d"}, "users": {"delete_inactive_after": "1h"}}
+    )
+    report = await make_culler().run(policy)
+    assert report.results == {"long-runner/": Result.STOPPED}
+    assert report.users_deleted == []
+    assert [r.path for r in fake.deletes] == [USERS + "/long-runner/server"]
+    assert "long-runner" in fake.users
+    assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]  # it was a candidate
+
+
 async def test_no_user_deletion_without_a_users_section(fake: FakeHub, make_culler: CullerFactory) -> None:
     fake.add_user("ancient", last_activity=ago(days=900))
     await make_culler().run(POLICY)
@@ -413,8 +458,6 @@ async def test_a_due_server_settles_then_stops(fake: FakeHub, make_settling_cull
 
 
 async def test_new_activity_cancels_settling(fake: FakeHub, make_settling_culler: CullerFactory, tmp_path) -> None:
-    from fakehub import iso
-
     home(tmp_path, "alice")
     model = fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler()
@@ -436,8 +479,6 @@ async def test_newer_activity_that_leaves_it_due_keeps_settling(
 ) -> None:
     """Activity that does not undo "due" (older than the limit, or a server past its max age) neither
     ends settling nor restarts its clock, so the deferral cap still comes."""
-    from fakehub import iso
-
     home(tmp_path, "alice")
     model = fake.add_server("alice", last_activity=ago(hours=3))
     culler = make_settling_culler()

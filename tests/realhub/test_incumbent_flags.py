@@ -6,7 +6,8 @@ The command line is the chart's with seconds instead of an hour: ``--url=http://
 --timeout=8 --cull-every=1 --concurrency=10 --cull-users --remove-named-servers``. The only addition is
 CULLER_BIND_URL in the service's environment, so that its health port is free on a shared machine.
 Times are checked from both sides: a server is stopped, and it was seen running until shortly before
-its timeout (so it was not stopped early).
+its timeout (so it was not stopped early). A user whose last server is stopped is deleted in the cycle of
+that stop, like the incumbent, although the hub sets the user's last_activity to the stop's time.
 """
 
 from __future__ import annotations
@@ -152,6 +153,20 @@ async def browsing(hub: CullerHub, user: str) -> AsyncIterator[list[float]]:
             await task  # re-raises what failed in the loop
 
 
+def cycles_of_stop_and_deletion(hub: CullerHub, user: str, since: int) -> tuple[int | None, int | None]:
+    """The number of the service's cycle (counted from ``since``) in which it last stopped a server of
+    ``user``, and the one in which it deleted ``user``; None for what it did not do."""
+    cycle, stopped, deleted = 0, None, None
+    for event in hub.events(since=since):
+        if event["event"] == "cycle done":
+            cycle += 1
+        elif event["event"] == "server stopped" and event.get("user") == user:
+            stopped = cycle
+        elif event["event"] == "user deleted" and event.get("user") == user:
+            deleted = cycle
+    return stopped, deleted
+
+
 def hub_requests(hub: CullerHub, since: int) -> list[tuple[str, str, str]]:
     """(status, method, path) of the service's requests in the hub's log after ``since``."""
     pattern = rf"\b(\d{{3}}) (\w+) (\S+) \({NAME}@127\.0\.0\.1\)"
@@ -184,6 +199,11 @@ async def test_incumbent_command_line_culls_a_real_hub(hub: CullerHub) -> None:
         await watch.until_all_gone(timeout=90)
         for name in watch.checks:  # none went before its timeout (the users' clocks start at creation)
             assert watch.last_seen.get(name, 0) >= before + TIMEOUT - SLACK, (name, watch.last_seen, before)
+        # inc-idle's user goes with its server, not a timeout after the stop (which the hub counts as activity)
+        stopped, deleted = cycles_of_stop_and_deletion(hub, "inc-idle", since)
+        assert stopped is not None and deleted == stopped, f"stopped in cycle {stopped}, deleted in {deleted}"
+        gap = watch.gone_at["inc-idle user"] - watch.gone_at["inc-idle server"]
+        assert gap < TIMEOUT - SLACK, f"inc-idle's user went {gap:.1f}s after its server"
 
         # the browsed server outlives its timeout counted from its start, over further cycles
         await hub.wait_cycles(3, since=hub.log_offset(), timeout=30)
@@ -202,6 +222,8 @@ async def test_incumbent_command_line_culls_a_real_hub(hub: CullerHub) -> None:
     )
     await after.until_all_gone(timeout=60)
     assert after.last_seen.get("inc-mixed server", 0) >= browsed_until + TIMEOUT - SLACK, "stopped before its timeout"
+    stopped, deleted = cycles_of_stop_and_deletion(hub, "inc-mixed", since)
+    assert stopped is not None and deleted == stopped, f"stopped in cycle {stopped}, deleted in {deleted}"
 
     requests = hub_requests(hub, since)
     deletes = {(method, path) for status, method, path in requests if method == "DELETE" and status in ("202", "204")}
