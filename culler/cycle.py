@@ -92,16 +92,21 @@ def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
     return servers, problems
 
 
-def _activity_before_stops(listed: list[object], report: CycleReport) -> dict[str, datetime | None]:
-    """The listed activity of users whose servers this cycle stopped, from before the stops."""
-    stopped = {d.server.user for d in report.decisions if report.results.get(d.server.key) is Result.STOPPED}
-    earlier: dict[str, datetime | None] = {}
-    for model in listed:
+@dataclass
+class Listing:
+    servers: list[ServerSnapshot] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # one line per malformed user model
+    user_activity: dict[str, datetime | None] = field(default_factory=dict)  # user -> listed last_activity
+
+
+def _user_activity(models: list[object]) -> dict[str, datetime | None]:
+    """Each well-formed user's own last_activity, as listed."""
+    activity: dict[str, datetime | None] = {}
+    for model in models:
         with contextlib.suppress(SnapshotError):
             user = user_of(model)
-            if user.name in stopped:
-                earlier[user.name] = user.last_activity
-    return earlier
+            activity[user.name] = user.last_activity
+    return activity
 
 
 class Culler:
@@ -149,14 +154,14 @@ class Culler:
         report = CycleReport(started=self.clock())
         self._policy = policy
         try:
-            users = await self.hub.list_users("ready")
+            listing = await self._list_ready(with_user_activity=policy.users is not None)
             routes = await self.activity.routes() if self.activity is not None else None
         except HubError as error:
             what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
             report.error = f"{what} failed, no stops this cycle: {error}"
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
-        servers, problems = snapshots(users)
+        servers, problems = listing.servers, listing.problems
         if routes is not None:
             servers = with_route_activity(servers, routes)
         report.skipped_users = len(problems)
@@ -167,8 +172,19 @@ class Culler:
         self._log_doubts(report.decisions)
         await self._stop_due(report)
         if policy.users is not None and not self.stopping.is_set():
-            await self._delete_users(policy, report, users)
+            await self._delete_users(policy, report, listing.user_activity)
         return report
+
+    async def _list_ready(self, with_user_activity: bool) -> Listing:
+        """The ready servers, page by page, keeping only snapshots (a user model is several times bigger)."""
+        listing = Listing()
+        async for page in self.hub.user_pages("ready"):
+            servers, problems = snapshots(page)
+            listing.servers.extend(servers)
+            listing.problems.extend(problems)
+            if with_user_activity:
+                listing.user_activity.update(_user_activity(page))
+        return listing
 
     def _log_doubts(self, decisions: list[Decision]) -> None:
         current = {(d.server.key, d.error) for d in decisions if d.error}
@@ -317,8 +333,9 @@ class Culler:
                 event(log, logging.WARNING, "stop follow-up failed", server=server.key, error=str(error))
         return StopOutcome.STOPPING
 
-    async def _delete_users(self, policy: Policy, report: CycleReport, listed: list[object]) -> None:
-        earlier = _activity_before_stops(listed, report)
+    async def _delete_users(self, policy: Policy, report: CycleReport, listed: dict[str, datetime | None]) -> None:
+        stopped = {d.server.user for d in report.decisions if report.results.get(d.server.key) is Result.STOPPED}
+        earlier = {name: listed[name] for name in stopped if name in listed}
         try:
             models = await self.hub.list_users("inactive")
         except HubError as error:
@@ -367,6 +384,6 @@ class Culler:
             **{k.replace("-", "_"): v for k, v in sorted(results.items())},
             users_deleted=len(report.users_deleted),
             dry_run=self.options.dry_run or None,
-            seconds=f"{report.duration:.2f}",
-            cpu=f"{report.cpu_seconds:.2f}",
+            seconds=f"{report.duration:.3f}",
+            cpu=f"{report.cpu_seconds:.3f}",
         )

@@ -11,7 +11,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,13 @@ class HubClient:
 
     async def list_users(self, state: str = "ready") -> list[dict[str, Any]]:
         """All users in ``state``, following pagination; any failure raises (no partial lists)."""
-        users: list[dict[str, Any]] = []
+        return [user async for page in self.user_pages(state) for user in page]
+
+    async def user_pages(self, state: str = "ready") -> AsyncIterator[list[dict[str, Any]]]:
+        """The users in ``state`` a page at a time, so a big hub's models need not all be held at once.
+
+        A failure raises part way: whoever consumes the pages must then drop what it took from them.
+        """
         offset = 0
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"state": state, "offset": offset}
@@ -240,11 +246,12 @@ class HubClient:
                 params["limit"] = self.page_size
             data = await self.get_json("users", "users", params, accept=PAGINATION_MEDIA_TYPE)
             if isinstance(data, list) and offset == 0:
-                return data  # a hub without pagination answers every user at once
+                yield data  # a hub without pagination answers every user at once
+                return
             items, next_offset = _page(data, offset)
-            users.extend(items)
+            yield items
             if next_offset is None:
-                return users
+                return
             offset = next_offset
         raise HubProtocolError(f"GET users: more than {MAX_PAGES} pages; giving up on this listing")
 
