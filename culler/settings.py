@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     policy: Path | None = Field(None, description="policy file; without it the incumbent's flags form the policy")
     cull_every: Seconds = Field(DEFAULT_INTERVAL, ge=0, description="seconds between cycles (0: the default)")
     concurrency: int = Field(10, ge=0, description="at most this many hub API requests at once (0: unlimited)")
-    api_page_size: int = Field(0, ge=0, description="users per page when listing (0: the hub's default)")
+    api_page_size: int = Field(0, ge=0, description="users per page when listing (0: as many as the hub allows)")
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("request_timeout", "JUPYTERHUB_REQUEST_TIMEOUT"))
     ssl_enabled: bool = False
     internal_certs_location: Path = Path("internal-ssl")

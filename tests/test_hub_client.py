@@ -10,6 +10,7 @@ import pytest
 from fakehub import API, PAGINATION_MEDIA_TYPE, TOKEN, FakeHub
 
 from culler.hub import (
+    DEFAULT_PAGE_LIMIT,
     HubAPIError,
     HubClient,
     HubInterrupted,
@@ -69,12 +70,16 @@ async def test_pagination_follows_every_page_with_the_media_type(fake: FakeHub, 
     assert all(PAGINATION_MEDIA_TYPE in r.accept for r in listing)
 
 
-async def test_default_page_size_sends_no_limit(fake: FakeHub, make_client: ClientFactory) -> None:
-    fake.default_limit = 2
+async def test_default_page_size_asks_for_big_pages_and_follows_the_hubs_cap(
+    fake: FakeHub, make_client: ClientFactory
+) -> None:
+    fake.max_limit = 2  # the hub's api_page_max_limit: it answers fewer than asked
     names = add_users(fake, 5)
     users = await make_client().list_users()
     assert [u["name"] for u in users] == names
-    assert [r.query.get("limit") for r in fake.calls("GET", USERS)] == [None, None, None]
+    listing = fake.calls("GET", USERS)
+    assert [r.query.get("limit") for r in listing] == [str(DEFAULT_PAGE_LIMIT)] * 3
+    assert [r.query["offset"] for r in listing] == ["0", "2", "4"]
 
 
 async def test_plain_list_from_an_old_hub(fake: FakeHub, make_client: ClientFactory) -> None:
