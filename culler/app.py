@@ -193,7 +193,7 @@ class Service:
             client_secret=s.api_token.get_secret_value(),
             redirect_uri=s.oauth_callback_url or f"{s.service_prefix.rstrip('/')}/oauth_callback",
             token_url=self.culler.hub.api_url + "oauth2/token",
-            authorize_url=s.oauth_authorize_url,
+            authorize_url=s.authorize_url,
             session_ttl=s.session_ttl,
             secure_cookies=s.secure_cookies,
             ssl_context=internal_ssl_context(s.internal_certs_location) if s.ssl_enabled else None,

@@ -60,7 +60,7 @@ _VALUE_FLAGS: dict[str, str] = {
     "policy": "policy file (env CULLER_POLICY)",
     "cull_every": "seconds between cycles (default 300; 0 means the default)",
     "concurrency": "hub API requests at once, across all users (default 10; 0 unlimited)",
-    "api_page_size": "users per listing page (default 0: as many as the hub allows)",
+    "api_page_size": "users per listing page (default 0: ask for 500, capped by the hub)",
     "timeout": "idle limit without --policy (default 7d; seconds or 90s/30m/36h/7d)",
     "max_age": "maximum server age without --policy (default 0: never)",
     "internal_certs_location": "internal SSL certificates directory",

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -22,10 +22,12 @@ from culler.policy import Policy
 from culler.probes import Probe
 from culler.proxy_activity import ProxyActivity, ProxyActivityError
 from culler.settler import Settler
-from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, user_of, with_route_activity
+from culler.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of, with_route_activity
 from culler.timeutil import utcnow
 
 log = logging.getLogger("culler.cycle")
+# How far the hub's clock may trail ours when we tell our own stop's touch of last_activity from real use.
+CLOCK_SLACK = timedelta(seconds=2)
 
 
 class Result(StrEnum):
@@ -62,6 +64,7 @@ class CycleReport:
     skipped_users: int = 0
     duration: float = 0.0  # seconds, by the monotonic clock
     cpu_seconds: float = 0.0  # this process's CPU time while the cycle ran (other tasks included)
+    stops_began: datetime | None = None  # when this cycle sent its first stop
 
     @property
     def ok(self) -> bool:
@@ -92,21 +95,41 @@ def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
     return servers, problems
 
 
+def _users_with_every_server(report: CycleReport, result: Result) -> set[str]:
+    """Users all of whose listed servers came to ``result`` this cycle."""
+    outcome: dict[str, bool] = {}
+    for decision in report.decisions:
+        user = decision.server.user
+        outcome[user] = outcome.get(user, True) and report.results.get(decision.server.key) is result
+    return {user for user, every in outcome.items() if every}
+
+
 @dataclass
 class Listing:
     servers: list[ServerSnapshot] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line per malformed user model
-    user_activity: dict[str, datetime | None] = field(default_factory=dict)  # user -> listed last_activity
+    users: dict[str, UserSnapshot] = field(default_factory=dict)  # as listed, before any stop
 
 
-def _user_activity(models: list[object]) -> dict[str, datetime | None]:
-    """Each well-formed user's own last_activity, as listed."""
-    activity: dict[str, datetime | None] = {}
+def _users(models: list[object]) -> dict[str, UserSnapshot]:
+    users: dict[str, UserSnapshot] = {}
     for model in models:
         with contextlib.suppress(SnapshotError):
             user = user_of(model)
-            activity[user.name] = user.last_activity
-    return activity
+            users[user.name] = user
+    return users
+
+
+def _judged_before_our_stop(current: UserSnapshot, listed: UserSnapshot, stops_began: datetime) -> UserSnapshot:
+    """The hub sets a user's last_activity when a server stops: when that can be our stop, judge the listed one.
+
+    Activity older than our stops is real and kept; a missing time is never filled in.
+    """
+    if current.last_activity is None or listed.last_activity is None:
+        return current
+    if current.last_activity < stops_began - CLOCK_SLACK:
+        return current
+    return replace(current, last_activity=listed.last_activity)
 
 
 class Culler:
@@ -154,7 +177,7 @@ class Culler:
         report = CycleReport(started=self.clock())
         self._policy = policy
         try:
-            listing = await self._list_ready(with_user_activity=policy.users is not None)
+            listing = await self._list_ready(with_users=policy.users is not None)
             routes = await self.activity.routes() if self.activity is not None else None
         except HubError as error:
             what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
@@ -172,18 +195,18 @@ class Culler:
         self._log_doubts(report.decisions)
         await self._stop_due(report)
         if policy.users is not None and not self.stopping.is_set():
-            await self._delete_users(policy, report, listing.user_activity)
+            await self._delete_users(policy, report, listing.users)
         return report
 
-    async def _list_ready(self, with_user_activity: bool) -> Listing:
+    async def _list_ready(self, with_users: bool) -> Listing:
         """The ready servers, page by page, keeping only snapshots (a user model is several times bigger)."""
         listing = Listing()
         async for page in self.hub.user_pages("ready"):
             servers, problems = snapshots(page)
             listing.servers.extend(servers)
             listing.problems.extend(problems)
-            if with_user_activity:
-                listing.user_activity.update(_user_activity(page))
+            if with_users:
+                listing.users.update(_users(page))
         return listing
 
     def _log_doubts(self, decisions: list[Decision]) -> None:
@@ -217,6 +240,7 @@ class Culler:
                 self.settler.admit(decision)
                 report.results[decision.server.key] = Result.SETTLING
         direct = [d for d in report.guard.allowed if d.settle is None]
+        report.stops_began = self.clock()
         results = await asyncio.gather(*(self._stop(decision) for decision in direct))
         for decision, result in zip(direct, results, strict=True):
             report.results[decision.server.key] = result
@@ -333,24 +357,28 @@ class Culler:
                 event(log, logging.WARNING, "stop follow-up failed", server=server.key, error=str(error))
         return StopOutcome.STOPPING
 
-    async def _delete_users(self, policy: Policy, report: CycleReport, listed: dict[str, datetime | None]) -> None:
-        stopped = {d.server.user for d in report.decisions if report.results.get(d.server.key) is Result.STOPPED}
-        earlier = {name: listed[name] for name in stopped if name in listed}
+    async def _delete_users(self, policy: Policy, report: CycleReport, listed: dict[str, UserSnapshot]) -> None:
         try:
             models = await self.hub.list_users("inactive")
         except HubError as error:
             event(log, logging.ERROR, "listing inactive users failed, no deletions this cycle", error=str(error))
             return
-        now = self.clock()
-        candidates: list[UserDecision] = []
+        stopped = _users_with_every_server(report, Result.STOPPED)
+        users: dict[str, UserSnapshot] = {}
         for model in models:
             try:
                 user = user_of(model)
-                if user.name in earlier:  # the hub counts our stop as activity: judge what came before it
-                    user = replace(user, last_activity=earlier[user.name])
-                candidates.append(evaluate_user(policy, user, now))
             except SnapshotError as error:
                 event(log, logging.WARNING, "user skipped", error=str(error))
+                continue
+            if user.name in stopped and user.name in listed and report.stops_began is not None:
+                user = _judged_before_our_stop(user, listed[user.name], report.stops_began)
+            users[user.name] = user
+        if self.options.dry_run:  # show the deletions acting would make once these servers are stopped
+            for name in _users_with_every_server(report, Result.WOULD_STOP) & listed.keys():
+                users.setdefault(name, replace(listed[name], has_servers=False))
+        now = self.clock()
+        candidates = [evaluate_user(policy, user, now) for user in users.values()]
         to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
         for decision in to_delete:
             if self.stopping.is_set():

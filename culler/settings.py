@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     policy: Path | None = Field(None, description="policy file; without it the incumbent's flags form the policy")
     cull_every: Seconds = Field(DEFAULT_INTERVAL, ge=0, description="seconds between cycles (0: the default)")
     concurrency: int = Field(10, ge=0, description="at most this many hub API requests at once (0: unlimited)")
-    api_page_size: int = Field(0, ge=0, description="users per page when listing (0: as many as the hub allows)")
+    api_page_size: int = Field(0, ge=0, description="users per page when listing (0: ask for 500, capped by the hub)")
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("request_timeout", "JUPYTERHUB_REQUEST_TIMEOUT"))
     ssl_enabled: bool = False
     internal_certs_location: Path = Path("internal-ssl")
@@ -109,7 +109,8 @@ class Settings(BaseSettings):
     oauth_callback_url: str | None = Field(
         None, validation_alias=_env("oauth_callback_url", "JUPYTERHUB_OAUTH_CALLBACK_URL")
     )
-    oauth_authorize_url: str = Field("/hub/api/oauth2/authorize", description="where browsers go to log in")
+    hub_base_url: str = Field("/", validation_alias=_env("hub_base_url", "JUPYTERHUB_BASE_URL"))
+    oauth_authorize_url: str | None = Field(None, description="the hub login page (default: from the base URL)")
     stop_history: Path | None = Field(None, description="JSON-lines file of past stops, loaded at start")
     stop_history_limit: int = Field(1000, ge=1)
     session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a page login lasts")
@@ -119,6 +120,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     bind_url: str = Field("http://127.0.0.1:10101", validation_alias=_env("bind_url", "JUPYTERHUB_SERVICE_URL"))
     service_prefix: str = Field("/", validation_alias=_env("service_prefix", "JUPYTERHUB_SERVICE_PREFIX"))
+
+    @property
+    def authorize_url(self) -> str:
+        """The hub's OAuth authorize page, under the hub's base URL (JUPYTERHUB_BASE_URL, e.g. /jhub/)."""
+        if self.oauth_authorize_url:
+            return self.oauth_authorize_url
+        return "/" + "/".join(p for p in (*self.hub_base_url.split("/"), "hub/api/oauth2/authorize") if p)
 
     @property
     def interval(self) -> float:

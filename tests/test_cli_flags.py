@@ -427,3 +427,13 @@ def test_chart_command_lines_with_incumbent_boolean_syntax(command):
     spelled = [arg + "=true" if arg in bools else arg for arg in command]
     assert spelled != command
     assert effective(parse(shlex.join(spelled))) == effective(parse(shlex.join(command)))
+
+
+def test_login_page_follows_the_hub_base_url(monkeypatch):
+    monkeypatch.delenv("CULLER_OAUTH_AUTHORIZE_URL", raising=False)
+    monkeypatch.delenv("JUPYTERHUB_BASE_URL", raising=False)
+    assert Settings().authorize_url == "/hub/api/oauth2/authorize"
+    monkeypatch.setenv("JUPYTERHUB_BASE_URL", "/jhub/")  # z2jh hub.baseUrl, passed on to managed services
+    assert Settings().authorize_url == "/jhub/hub/api/oauth2/authorize"
+    monkeypatch.setenv("CULLER_OAUTH_AUTHORIZE_URL", "https://hub.example.org/hub/api/oauth2/authorize")
+    assert Settings().authorize_url == "https://hub.example.org/hub/api/oauth2/authorize"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -318,6 +319,47 @@ async def test_a_recently_active_user_is_kept_when_max_age_stops_the_server(
     assert [r.path for r in fake.deletes] == [USERS + "/long-runner/server"]
     assert "long-runner" in fake.users
     assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]  # it was a candidate
+
+
+def touch_users_at(fake: FakeHub, monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:
+    """Make a stop set the user's last_activity to ``when`` (another use of the account, say)."""
+    stop = fake._stop
+
+    async def touching(request: Any, user: str, server: str) -> Any:
+        response = await stop(request, user, server)
+        fake.users[user]["last_activity"] = iso(when)
+        return response
+
+    monkeypatch.setattr(fake, "_stop", touching)
+
+
+async def test_activity_older_than_our_stops_is_real_and_keeps_the_user(
+    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a touch that can be our own stop's is discounted: the user logged in again five minutes ago."""
+    touch_users_at(fake, monkeypatch, ago(minutes=5))
+    fake.add_server("came-back", last_activity=ago(days=2))
+    policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
+    report = await make_culler().run(policy)
+    assert report.results == {"came-back/": Result.STOPPED}
+    assert report.users_deleted == []
+    assert "came-back" in fake.users
+
+
+async def test_dry_run_shows_the_deletions_that_follow_its_stops(
+    fake: FakeHub, make_culler: CullerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add_server("gone-for-days", last_activity=ago(days=2))
+    fake.add_server("half-gone", last_activity=ago(days=2))
+    fake.add_server("half-gone", "lab", last_activity=ago(minutes=5))  # kept: the user stays
+    fake.add_server("recent", last_activity=ago(hours=2))  # would stop, but active within the day
+    policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
+    with caplog.at_level(logging.INFO, logger="culler.cycle"):
+        report = await make_culler(dry_run=True).run(policy)
+    assert report.counts() == {Result.WOULD_STOP: 3}
+    would_delete = [r.culler_fields["user"] for r in caplog.records if r.getMessage() == "would delete user (dry run)"]
+    assert would_delete == ["gone-for-days"]
+    assert fake.deletes == []
 
 
 async def test_no_user_deletion_without_a_users_section(fake: FakeHub, make_culler: CullerFactory) -> None:

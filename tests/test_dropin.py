@@ -1,7 +1,6 @@
 """Drop-in: jupyterhub-idle-culler 2.0 (the incumbent) and this service, given the same command line and the
 same backdated hub snapshot, send the same stop and delete requests, except for README's deliberate
-differences and two found here that README's mapping does not name (marked NOT IN README), each
-asserted exactly.
+differences (the bold rows of its mapping), each asserted exactly.
 
 Each scenario builds two identical fake hubs from one snapshot (one hub per service, so neither sees the
 other's stops) and runs both services at once: the incumbent as ``python -m jupyterhub_idle_culler``
@@ -190,7 +189,7 @@ class Scenario:
     both: set[str]
     only_incumbent: set[str]
     only_ours: set[str]
-    difference: str = ""  # README's words for the deliberate difference this scenario shows, or NOT IN README
+    difference: str = ""  # README's words for the deliberate difference this scenario shows
     url_flag: bool = True  # False: like TLJH, no --url; the URL comes from $JUPYTERHUB_API_URL
     ours_equals_syntax: bool = False  # give this service the incumbent's --flag=true form as well
     students: int = 0
@@ -308,7 +307,7 @@ SCENARIOS = [
         set(),
         ALL_READY,
         set(),
-        difference="NOT IN README: --timeout=0 means never here (cli.flags_policy), the mapping says 'same'",
+        difference="0 means no idle limit (the incumbent then stops every server)",
     ),
     Scenario(
         "mass-idle",  # 24 ready servers, 18 idle: the guard allows max(10, 50 % of 24) = 12, longest idle first
@@ -316,7 +315,7 @@ SCENARIOS = [
         IDLE | (STUDENTS - STUDENTS_HELD),
         STUDENTS_HELD,
         set(),
-        difference="NOT IN README's mapping: the mass-stop guard (README 'Mass-stop guard')",
+        difference="mass-stop guard",
         students=12,
         our_log=r"MASS-STOP GUARD: holding stops due=18 limit=12 held=6",
     ),

@@ -154,7 +154,9 @@ def test_roles_grant_the_service_only_what_it_needs_and_users_the_page() -> None
     roles = load_values()["hub"]["loadRoles"]
     assert roles[ROLE]["scopes"] == SCOPES
     assert roles[ROLE]["services"] == [SERVICE]
-    assert roles["user"]["scopes"] == ["self", ACCESS]
+    assert "user" not in roles, "a user role here would replace the operator's own scopes (Helm lists)"
+    (user,) = [r for r in run_extra_config(load_values()).JupyterHub.load_roles if r["name"] == "user"]
+    assert user["scopes"] == ["self", ACCESS]
 
 
 def test_the_policy_file_is_the_default_policy_where_the_service_reads_it() -> None:
@@ -208,15 +210,11 @@ def test_extra_config_gives_the_proxy_activity_source_the_proxy_api() -> None:
     assert env["CULLER_PROXY_API_TOKEN"] == "proxy-secret"
 
 
-def test_extra_config_restores_the_page_grant_helm_list_merging_dropped() -> None:
+def test_extra_config_adds_the_page_grant_to_the_operators_own_user_role() -> None:
     values = load_values()
-    values["hub"]["loadRoles"]["user"]["scopes"] = ["self", "read:metrics"]  # another -f file's list won
+    values["hub"]["loadRoles"]["user"] = {"scopes": ["self", "read:metrics"]}  # from the operator's config.yaml
     (user,) = [r for r in run_extra_config(values).JupyterHub.load_roles if r["name"] == "user"]
     assert user["scopes"] == ["self", "read:metrics", ACCESS]
-
-    del values["hub"]["loadRoles"]["user"]
-    (user,) = [r for r in run_extra_config(values).JupyterHub.load_roles if r["name"] == "user"]
-    assert user["scopes"] == ["self", ACCESS]
 
 
 def test_the_image_is_the_dockerfile_s_and_the_dockerfile_is_hadolint_clean() -> None:
