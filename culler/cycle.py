@@ -123,9 +123,10 @@ def _users(models: list[object]) -> dict[str, UserSnapshot]:
 def _judged_before_our_stop(current: UserSnapshot, listed: UserSnapshot, stops_began: datetime) -> UserSnapshot:
     """The hub sets a user's last_activity when a server stops: when that can be our stop, judge the listed one.
 
-    Activity older than our stops is real and kept; a missing time is never filled in.
+    Activity older than our stops is real and kept. A user listed without activity is judged on that (so on
+    when the account was created), as before the stop.
     """
-    if current.last_activity is None or listed.last_activity is None:
+    if current.last_activity is None:
         return current
     if current.last_activity < stops_began - CLOCK_SLACK:
         return current
