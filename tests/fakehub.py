@@ -81,12 +81,16 @@ class FakeHub:
         default_limit: int = 50,
         max_limit: int = 200,
         stop_delay: float = 0.0,
+        touch_on_stop: datetime | Callable[[], datetime] | None = None,
     ) -> None:
         self.token = token
         self.paginate = paginate  # False: an old hub that answers every user as a plain list
         self.default_limit = default_limit
         self.max_limit = max_limit
         self.stop_delay = stop_delay  # seconds a DELETE takes before it answers
+        # a completed (204) stop sets the user's last_activity to this time (a callable: its answer at the
+        # stop), as JupyterHub's ``User.stop`` sets it to now; None leaves the user alone
+        self.touch_on_stop = touch_on_stop
         self.auth_status = 401  # the answer to a wrong token
         self.slow_stops: dict[tuple[str, str], float] = {}  # server -> seconds until a 202'd stop completes
         self.users: dict[str, dict[str, Any]] = {}
@@ -369,4 +373,7 @@ class FakeHub:
             self._stops[(user, server)] = time.monotonic() + after
             return web.Response(status=202)
         del servers[server]
+        if self.touch_on_stop is not None and user in self.users:
+            when = self.touch_on_stop() if callable(self.touch_on_stop) else self.touch_on_stop
+            self.users[user]["last_activity"] = iso(when)
         return web.Response(status=204)

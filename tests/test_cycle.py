@@ -276,24 +276,11 @@ async def test_user_deletion_deletes_only_eligible_inactive_users(fake: FakeHub,
     assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]
 
 
-def touch_users_on_stop(fake: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make a stop set the user's last_activity to now, as JupyterHub's ``User.stop`` does."""
-    stop = fake._stop
-
-    async def touching(request: Any, user: str, server: str) -> Any:
-        response = await stop(request, user, server)
-        if response.status == 204 and user in fake.users:
-            fake.users[user]["last_activity"] = iso(NOW)
-        return response
-
-    monkeypatch.setattr(fake, "_stop", touching)
-
-
 async def test_a_user_whose_idle_server_is_stopped_is_deleted_in_the_same_cycle(
-    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+    fake: FakeHub, make_culler: CullerFactory
 ) -> None:
     """The hub counts the stop as the user's activity: the user is judged on what was listed before it."""
-    touch_users_on_stop(fake, monkeypatch)
+    fake.touch_on_stop = NOW  # as JupyterHub's ``User.stop`` does
     fake.add_server("gone-for-days", last_activity=ago(days=2))
     fake.add_server("back-soon", last_activity=ago(hours=2))  # stopped, but inactive for less than a day
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
@@ -306,9 +293,9 @@ async def test_a_user_whose_idle_server_is_stopped_is_deleted_in_the_same_cycle(
 
 
 async def test_a_recently_active_user_is_kept_when_max_age_stops_the_server(
-    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+    fake: FakeHub, make_culler: CullerFactory
 ) -> None:
-    touch_users_on_stop(fake, monkeypatch)
+    fake.touch_on_stop = NOW
     fake.add_server("long-runner", last_activity=ago(minutes=1), started=ago(days=2))
     policy = Policy.model_validate(
         {"version": 1, "defaults": {"idle": "1h", "max_age": "1d"}, "users": {"delete_inactive_after": "1h"}}
@@ -321,23 +308,11 @@ async def test_a_recently_active_user_is_kept_when_max_age_stops_the_server(
     assert [r.query["state"] for r in fake.calls("GET", USERS)] == ["ready", "inactive"]  # it was a candidate
 
 
-def touch_users_at(fake: FakeHub, monkeypatch: pytest.MonkeyPatch, when: datetime) -> None:
-    """Make a stop set the user's last_activity to ``when`` (another use of the account, say)."""
-    stop = fake._stop
-
-    async def touching(request: Any, user: str, server: str) -> Any:
-        response = await stop(request, user, server)
-        fake.users[user]["last_activity"] = iso(when)
-        return response
-
-    monkeypatch.setattr(fake, "_stop", touching)
-
-
 async def test_activity_older_than_our_stops_is_real_and_keeps_the_user(
-    fake: FakeHub, make_culler: CullerFactory, monkeypatch: pytest.MonkeyPatch
+    fake: FakeHub, make_culler: CullerFactory
 ) -> None:
     """Only a touch that can be our own stop's is discounted: the user logged in again five minutes ago."""
-    touch_users_at(fake, monkeypatch, ago(minutes=5))
+    fake.touch_on_stop = ago(minutes=5)  # at the stop the hub shows the user's other use of the account
     fake.add_server("came-back", last_activity=ago(days=2))
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
     report = await make_culler().run(policy)

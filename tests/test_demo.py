@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_support import culler_env
 
 pytestmark = pytest.mark.realhub
 
@@ -23,7 +24,7 @@ def _kill_leftover_hub(workdir: Path) -> None:
 
 
 def test_demo_makes_decisions(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CULLER_"))}
+    env = culler_env()
     command = [sys.executable, "-m", "culler", "demo", "--duration", "120", "--workdir", str(tmp_path)]
     demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []

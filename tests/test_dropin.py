@@ -20,11 +20,9 @@ its log, every request of the cycle has been answered.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from fakehub import API, FakeHub, iso
+from fakehub import API, FakeHub
+from process_support import culler_env, stop_process, wait_for
 
 TOKEN = "dropin-hub-token-3b8e51c0"
 HUB_VERSION = "5.2.1"  # >= 1.3: the incumbent then lists with ?state=ready (and ?state=inactive)
@@ -56,8 +55,7 @@ class DropinHub(FakeHub):
     """
 
     def __init__(self, *, touch_on_stop: bool = True) -> None:
-        super().__init__(TOKEN)
-        self.touch_on_stop = touch_on_stop
+        super().__init__(TOKEN, touch_on_stop=(lambda: datetime.now(timezone.utc)) if touch_on_stop else None)
 
     def make_app(self) -> web.Application:
         app = super().make_app()
@@ -66,12 +64,6 @@ class DropinHub(FakeHub):
 
     async def _root(self, request: web.Request) -> web.Response:
         return web.json_response({"version": HUB_VERSION})
-
-    async def _stop(self, request: web.Request, user: str, server: str) -> web.Response:
-        response = await super()._stop(request, user, server)
-        if self.touch_on_stop and response.status == 204 and user in self.users:
-            self.users[user]["last_activity"] = iso(datetime.now(timezone.utc))
-        return response
 
 
 def build(hub: FakeHub, now: datetime, students: int = 0) -> None:
@@ -327,9 +319,7 @@ def incumbent_form(args: list[str]) -> list[str]:
 
 
 def environment(api_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CULLER_"))}
-    env.update(JUPYTERHUB_API_TOKEN=TOKEN, JUPYTERHUB_API_URL=api_url, PYTHONUNBUFFERED="1")
-    return env
+    return culler_env(JUPYTERHUB_API_TOKEN=TOKEN, JUPYTERHUB_API_URL=api_url, PYTHONUNBUFFERED="1")
 
 
 @dataclass
@@ -338,22 +328,8 @@ class Run:
     log: str
 
 
-async def wait_until(check: Callable[[], bool], what: str, log: Path, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}:\n{log.read_text()[-3000:]}")
-        await asyncio.sleep(0.05)
-
-
-def end(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+async def wait_until(check: Callable[[], bool], what: str, log: Path) -> None:
+    await wait_for(check, DEADLINE, what, interval=0.05, detail=lambda: log.read_text()[-3000:])
 
 
 async def run_incumbent(args: list[str], api_url: str, workdir: Path) -> Run:
@@ -369,7 +345,7 @@ async def run_incumbent(args: list[str], api_url: str, workdir: Path) -> Run:
         )
         returncode = process.poll()
     finally:
-        end(process)
+        stop_process(process)
     return Run(returncode, log.read_text())
 
 
@@ -382,7 +358,7 @@ async def run_ours(args: list[str], api_url: str, workdir: Path) -> Run:
     try:
         await wait_until(lambda: process.poll() is not None, "this service's --once run", log)
     finally:
-        end(process)
+        stop_process(process)
     return Run(process.returncode, log.read_text())
 
 

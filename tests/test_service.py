@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from fakehub import API, FakeHub, free_port
+from process_support import culler_env
+from process_support import wait_for as poll
 
 from culler.app import Service as AppService
 from culler.app import cycle_options, make_hub
@@ -38,16 +36,7 @@ def ago(**delta: float) -> datetime:
 
 async def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
     """Poll ``check`` (plain or async) until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
+    return await poll(check, timeout, what, interval=0.1)
 
 
 class Service:
@@ -58,8 +47,7 @@ class Service:
         self.base = f"http://127.0.0.1:{self.port}"
         self.stdout_path = tmp_path / f"stdout-{self.port}.log"
         self.stderr_path = tmp_path / f"stderr-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CULLER_"))}
-        env.update(JUPYTERHUB_API_URL=hub_url, JUPYTERHUB_API_TOKEN=token, PYTHONUNBUFFERED="1")
+        env = culler_env(JUPYTERHUB_API_URL=hub_url, JUPYTERHUB_API_TOKEN=token, PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "culler", f"--bind-url={self.base}", "--cull-every=1", *args]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=tmp_path)

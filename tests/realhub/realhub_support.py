@@ -19,9 +19,16 @@ import time
 import tomllib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pytest
+
+# the generic process helpers, re-exported for the real-hub tests
+from process_support import culler_env as culler_env
+from process_support import start_process as start_process
+from process_support import stop_process as stop_process
+from process_support import wait_for as wait_for
 
 from culler.devhub import LocalHub, find_proxy
 from culler.policy import policy_hash
@@ -49,18 +56,6 @@ def parse_event(line: str) -> dict[str, Any] | None:
     return event
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 def write_atomically(path: Path, text: str) -> None:
     """Replace a file the way an editor or a ConfigMap update does: write aside, then rename."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -69,16 +64,26 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class CullerHub:
-    """A ``LocalHub`` running the activity-culler service, with its policy file and log helpers."""
+    """A ``LocalHub`` running the activity-culler service, with its policy file and log helpers.
 
-    def __init__(self, hub: LocalHub, policy: Path) -> None:
+    ``policy`` None: the service runs without a policy file (flags only); the policy helpers then fail.
+    """
+
+    def __init__(self, hub: LocalHub, policy: Path | None) -> None:
         self.hub = hub
-        self.policy = policy
+        self._policy = policy
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.hub, name)
 
     # -- policy ------------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Path:
+        """The service's policy file; an error for a hub whose service runs without one."""
+        if self._policy is None:
+            raise AssertionError("this hub's service runs without a policy file")
+        return self._policy
 
     def write_policy(self, text: str) -> str:
         """Atomically replace the policy file; returns the content hash the service will report."""
@@ -138,8 +143,14 @@ class CullerHub:
 
     # -- servers -------------------------------------------------------------------------------------
 
-    async def is_running(self, user: str, name: str = "") -> bool:
-        server = await self.hub.server_model(user, name)
+    async def is_running(self, user: str, name: str = "", *, user_may_be_gone: bool = False) -> bool:
+        """Whether ``user``'s server ``name`` is ready. A user the hub does not know is an error, unless
+        ``user_may_be_gone`` (the service deletes users): then the user has no server running."""
+        if user_may_be_gone:
+            model = await self.hub.api("GET", f"users/{quote(user, safe='')}", ok=(200, 404))
+            server = ((model or {}).get("servers") or {}).get(name)
+        else:
+            server = await self.hub.server_model(user, name)
         return bool(server and server.get("ready"))
 
     async def start_servers(self, *specs: tuple[str, str, dict[str, Any] | None]) -> float:
@@ -153,13 +164,6 @@ class CullerHub:
 def start_culler_hub(workdir: Path, policy_text: str, **kwargs: Any) -> Iterator[CullerHub]:
     """Generator body for module fixtures: a hub with the culler under ``policy_text``, always stopped."""
     yield from start_culler_hub_with(workdir, policy_text, lambda hub: {}, **kwargs)
-
-
-def culler_env(**extra: str) -> dict[str, str]:
-    """This process's environment without CULLER_* and hub variables, plus ``extra``: for CLI runs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CULLER_", "JUPYTERHUB_"))}
-    env.update(extra)
-    return env
 
 
 def install_plugin_package(target: Path) -> str:
@@ -198,43 +202,50 @@ def start_culler_hub_with(
     """Like ``start_culler_hub``, with service settings that depend on the hub being started: ``env_for``
     gets each attempt's ``LocalHub`` (its workdir, proxy port and token) and returns CULLER_* variables
     to add to the hub's environment (the snippet passes them on to the service)."""
+    policy = workdir / "policy.yaml"
+    policy.write_text(policy_text)
+
+    def make(attempt: int) -> CullerHub:
+        hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
+        hub.env.update(env_for(hub))
+        return CullerHub(hub, policy)
+
+    yield from run_hub(make)
+
+
+HubT = TypeVar("HubT", bound=CullerHub)
+
+
+async def service_up(hub: CullerHub) -> None:
+    """The service answers its health check through the hub (the default readiness of ``run_hub``)."""
+    await hub.hub.wait_service(SERVICE)
+
+
+def run_hub(
+    make: Callable[[int], HubT],
+    ready: Callable[[HubT], Awaitable[object]] = service_up,
+    retry_on: tuple[type[Exception], ...] = (RuntimeError, TimeoutError),
+) -> Iterator[HubT]:
+    """Generator body for module fixtures: start the hub ``make(attempt)`` builds and wait until
+    ``ready``, at most twice (a failure of ``retry_on`` on the first attempt tries a new hub); yields it
+    and always stops it. Skips when configurable-http-proxy is missing."""
     try:
         find_proxy()
     except RuntimeError as error:
         pytest.skip(str(error))
-    policy = workdir / "policy.yaml"
-    policy.write_text(policy_text)
     for attempt in (1, 2):
         # free ports are picked before the hub binds them; another process may take one meanwhile
-        hub = LocalHub.with_culler(policy, workdir=workdir / f"hub-{attempt}", **kwargs)
-        hub.env.update(env_for(hub))
+        hub = make(attempt)
         try:
-            asyncio.run(hub.start())
-            asyncio.run(hub.wait_service(SERVICE))
+            asyncio.run(hub.hub.start())
+            asyncio.run(ready(hub))
             break
-        except (RuntimeError, TimeoutError):
-            hub.stop()
-            hub.kill_leftovers()  # a hub that exited by itself leaves its proxy running
+        except retry_on:
+            hub.hub.stop()
+            hub.hub.kill_leftovers()  # a hub that exited by itself leaves its proxy running
             if attempt == 2:
                 raise
     try:
-        yield CullerHub(hub, policy)
+        yield hub
     finally:
-        hub.stop()
-
-
-def start_process(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """A helper process of a test (writer, Prometheus...) in its own session, output to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """Terminate a process this test started (by its own handle), kill it if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        hub.hub.stop()

@@ -18,13 +18,12 @@ import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
-from realhub_support import CullerHub
+from realhub_support import CullerHub, run_hub
 
-from culler.devhub import LocalHub, find_proxy, free_port
+from culler.devhub import LocalHub, free_port
 
 pytestmark = pytest.mark.realhub
 
@@ -61,28 +60,17 @@ def service_config(hub: LocalHub) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
-    try:
-        find_proxy()
-    except RuntimeError as error:
-        pytest.skip(str(error))
     workdir = tmp_path_factory.mktemp("incumbent-flags")
-    for attempt in (1, 2):
-        # free ports are picked before the hub binds them; another process may take one meanwhile
+
+    def make(attempt: int) -> CullerHub:
         local = LocalHub(workdir=workdir / f"hub-{attempt}", last_activity_interval=1)
         local.extra_config = service_config(local)
-        try:
-            asyncio.run(local.start())
-            asyncio.run(CullerHub(local, Path()).wait_cycles(1, since=0, timeout=60))
-            break
-        except (RuntimeError, TimeoutError, AssertionError):
-            local.stop()
-            local.kill_leftovers()
-            if attempt == 2:
-                raise
-    try:
-        yield CullerHub(local, Path())  # no policy file: only the log helpers are used
-    finally:
-        local.stop()
+        return CullerHub(local, None)  # no policy file: only the log helpers are used
+
+    async def first_cycle(hub: CullerHub) -> None:
+        await hub.wait_cycles(1, since=0, timeout=60)
+
+    yield from run_hub(make, first_cycle, retry_on=(RuntimeError, TimeoutError, AssertionError))
 
 
 class Watch:
@@ -114,12 +102,6 @@ class Watch:
 async def user_exists(hub: CullerHub, user: str) -> bool:
     model = await hub.api("GET", f"users/{user}", ok=(200, 404))
     return model is not None and model.get("name") == user
-
-
-async def server_running(hub: CullerHub, user: str, name: str = "") -> bool:
-    model = await hub.api("GET", f"users/{user}", ok=(200, 404))
-    server = ((model or {}).get("servers") or {}).get(name)
-    return bool(server and server.get("ready"))
 
 
 async def server_listed(hub: CullerHub, user: str, name: str) -> bool:
@@ -190,7 +172,7 @@ async def test_incumbent_command_line_culls_a_real_hub(hub: CullerHub) -> None:
     async with browsing(hub, "inc-mixed") as last_request:
         watch = Watch(
             {
-                "inc-idle server": lambda: server_running(hub, "inc-idle"),
+                "inc-idle server": lambda: hub.is_running("inc-idle", user_may_be_gone=True),
                 "inc-mixed/scratch listed": lambda: server_listed(hub, "inc-mixed", "scratch"),
                 "inc-idle user": lambda: user_exists(hub, "inc-idle"),
                 "inc-nobody user": lambda: user_exists(hub, "inc-nobody"),
@@ -216,7 +198,7 @@ async def test_incumbent_command_line_culls_a_real_hub(hub: CullerHub) -> None:
     # without traffic it goes after its timeout, and then its user (it has no server left)
     after = Watch(
         {
-            "inc-mixed server": lambda: server_running(hub, "inc-mixed"),
+            "inc-mixed server": lambda: hub.is_running("inc-mixed", user_may_be_gone=True),
             "inc-mixed user": lambda: user_exists(hub, "inc-mixed"),
         }
     )

@@ -8,7 +8,6 @@ own rule. Windows, caps and polls are seconds so the module stays short.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from realhub_support import CullerHub, start_culler_hub_with, start_process, stop_process, wait_for
+from realhub_support import CullerHub, culler_env, start_culler_hub_with, start_process, stop_process, wait_for
 
 from culler.durations import parse_duration
 
@@ -148,8 +147,7 @@ def waited(event: dict[str, str]) -> float:
 async def explain(hub: CullerHub, target: str) -> str:
     """``explain TARGET`` against the live hub, as an admin would run it (it reads the service's
     settling servers through the proxy with the admin's token)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "CULLER_"))}
-    env.update(JUPYTERHUB_API_TOKEN=hub.admin_token, CULLER_POLICY=str(hub.policy))
+    env = culler_env(JUPYTERHUB_API_TOKEN=hub.admin_token, CULLER_POLICY=str(hub.policy))
     command = [sys.executable, "-m", "culler", "explain", target, "--url", hub.api_url]
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

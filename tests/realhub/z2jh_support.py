@@ -19,7 +19,6 @@ returns the loaded values themselves, not copies, so the dicts in ``c.JupyterHub
 from __future__ import annotations
 
 import ast
-import asyncio
 import copy
 import json
 import os
@@ -32,11 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from realhub_support import CullerHub
+from realhub_support import CullerHub, run_hub
 
-from culler.devhub import LocalHub, find_proxy, free_port
+from culler.devhub import LocalHub, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = REPO / "deploy" / "z2jh" / "values.yaml"
@@ -230,12 +228,8 @@ def start_values_hub(
     workdir: Path, text: str, *, policy: str | None = None, pace: dict[str, str] | None = None
 ) -> Iterator[ValuesHub]:
     """Generator body for module fixtures: a hub configured from values ``text``, always stopped."""
-    try:
-        find_proxy()
-    except RuntimeError as error:
-        pytest.skip(str(error))
-    for attempt in (1, 2):
-        # free ports are picked before the hub binds them; another process may take one meanwhile
+
+    def make(attempt: int) -> ValuesHub:
         root = workdir / f"attempt-{attempt}"
         loopback = for_loopback(load_values(text), root / "files", free_port(), policy=policy, pace=pace)
         token = secrets.token_hex(32)  # the chart generates one per hub.services entry into its Secret
@@ -243,16 +237,6 @@ def start_values_hub(
         # the hub's own CULLER_* environment must not matter: services get only their `environment`
         env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CULLER_")}
         hub = LocalHub(extra_config=config, env=env, workdir=root / "hub", service_port=loopback.port)
-        try:
-            asyncio.run(hub.start())
-            asyncio.run(hub.wait_service(SERVICE))
-            break
-        except (RuntimeError, TimeoutError):
-            hub.stop()
-            hub.kill_leftovers()  # a hub that exited by itself leaves its proxy running
-            if attempt == 2:
-                raise
-    try:
-        yield ValuesHub(hub, loopback, token)
-    finally:
-        hub.stop()
+        return ValuesHub(hub, loopback, token)
+
+    yield from run_hub(make)
