@@ -5,7 +5,6 @@ hub (OAuth, as a JupyterHub service) and keeps the access token server-side, beh
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from culler.activity import admin_view, for_user, humanize, server_name
 from culler.hub import HubClient, HubError, HubProtocolError
+from culler.web import TokenCache
 
 log = logging.getLogger("culler.activity_web")
 
@@ -87,26 +87,6 @@ def identity_from(model: object) -> Identity:
     }
 
 
-class IdentityCache:
-    """Hub answers about tokens, kept briefly, by hash (the cache never holds a token)."""
-
-    def __init__(self, identify: IdentifyFn, ttl: float = 60.0) -> None:
-        self.identify = identify
-        self.ttl = ttl
-        self._seen: dict[str, tuple[float, Identity | None]] = {}
-
-    async def __call__(self, token: str) -> Identity | None:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        cached = self._seen.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        identity = await self.identify(token)
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = (time.monotonic() + self.ttl, identity)
-        return identity
-
-
 class ActivityWeb:
     def __init__(
         self, prefix: str, rows_fn: RowsFn, history: History, identify: IdentifyFn, oauth: OAuthConfig | None
@@ -114,7 +94,7 @@ class ActivityWeb:
         self.prefix = prefix
         self.rows_fn = rows_fn
         self.history = history
-        self.identify = IdentityCache(identify)
+        self.identify = TokenCache(identify).get
         self.oauth = oauth
         self.sessions: dict[str, dict[str, Any]] = {}  # session id -> identity, token, expiry
         self.states: dict[str, float] = {}  # pending OAuth states -> expiry

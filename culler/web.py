@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -14,35 +15,37 @@ SettlingFn = Callable[[], list[dict[str, object]]]
 ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 HEALTH_KEY = web.AppKey("health", HealthFn)
 METRICS_KEY = web.AppKey("metrics", Handler)
 SERVICE_KEY = web.AppKey("service", str)
 SETTLING_KEY = web.AppKey("settling", SettlingFn)
-TOKENS_KEY = web.AppKey("tokens", "TokenCache")
+TOKENS_KEY = web.AppKey("tokens", "TokenCache[frozenset[str]]")
 
 # Whoever may read every server on the hub may see which are settling: nothing new is revealed.
 READ_ALL_SERVERS = frozenset({"read:servers", "admin:servers"})
 
 
-class TokenCache:
-    """Hub answers about tokens, kept briefly (by hash: the cache never holds a token)."""
+class TokenCache(Generic[T]):
+    """The hub's answer about each caller token (its scopes, or who owns it), kept ``ttl`` seconds and keyed by
+    the token's hash, so the cache never holds a token. ``None`` (the hub refused the token) is kept too."""
 
-    def __init__(self, scopes_of: ScopesFn, ttl: float = 60.0) -> None:
-        self.scopes_of = scopes_of
+    def __init__(self, ask_hub: Callable[[str], Awaitable[T | None]], ttl: float = 60.0) -> None:
+        self.ask_hub = ask_hub
         self.ttl = ttl
-        self._seen: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._seen: dict[str, tuple[float, T | None]] = {}
 
-    async def scopes(self, token: str) -> frozenset[str] | None:
+    async def get(self, token: str) -> T | None:
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._seen.get(key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        scopes = await self.scopes_of(token)
+        answer = await self.ask_hub(token)
         if len(self._seen) > 1000:
             self._seen.clear()
-        self._seen[key] = (time.monotonic() + self.ttl, scopes)
-        return scopes
+        self._seen[key] = (time.monotonic() + self.ttl, answer)
+        return answer
 
 
 def _token(request: web.Request) -> str | None:
@@ -68,7 +71,7 @@ async def settling(request: web.Request) -> web.Response:
     token = _token(request)
     if token is None:
         return web.json_response({"error": "send a hub API token: Authorization: token ..."}, status=401)
-    scopes = await request.app[TOKENS_KEY].scopes(token)
+    scopes = await request.app[TOKENS_KEY].get(token)
     if scopes is None:
         return web.json_response({"error": "the hub does not accept this token"}, status=403)
     if not scopes & READ_ALL_SERVERS:
@@ -81,7 +84,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     token = _token(request)
     if token is None:
         return web.json_response({"error": "send a hub API token: Authorization: Bearer ..."}, status=401)
-    scopes = await request.app[TOKENS_KEY].scopes(token)
+    scopes = await request.app[TOKENS_KEY].get(token)
     name = request.app[SERVICE_KEY]
     if scopes is None or not scopes & {f"access:services!service={name}", "access:services"}:
         return web.json_response({"error": f"needs a token with access:services!service={name}"}, status=403)

@@ -112,12 +112,12 @@ async def test_the_cache_asks_again_after_its_ttl(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("culler.web.time", SimpleNamespace(monotonic=lambda: clock["now"]))  # not the real module
     scopes = Scopes()
     cache = TokenCache(scopes, ttl=60)
-    assert await cache.scopes("reader-token-00002") == frozenset({"read:servers"})
+    assert await cache.get("reader-token-00002") == frozenset({"read:servers"})
     clock["now"] += 59
-    await cache.scopes("reader-token-00002")
+    await cache.get("reader-token-00002")
     assert len(scopes.calls) == 1
     clock["now"] += 2
-    await cache.scopes("reader-token-00002")
+    await cache.get("reader-token-00002")
     assert len(scopes.calls) == 2
 
 
@@ -125,5 +125,5 @@ async def test_the_cache_stays_bounded() -> None:
     scopes = Scopes()
     cache = TokenCache(scopes, ttl=60)
     for index in range(2500):
-        await cache.scopes(f"token-{index}")
+        await cache.get(f"token-{index}")
     assert len(cache._seen) <= 1001
