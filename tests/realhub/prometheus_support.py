@@ -119,16 +119,13 @@ class PrometheusServer:
     def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
 
+    def scrape_config(self) -> dict[str, Any]:
+        return {"job_name": "homes", "static_configs": [{"targets": self.targets}]}
+
     def config(self) -> str:
-        return (
-            "global:\n"
-            f"  scrape_interval: {self.scrape_interval}\n"
-            f"  scrape_timeout: {self.scrape_interval}\n"
-            "scrape_configs:\n"
-            "  - job_name: homes\n"
-            "    static_configs:\n"
-            f"      - targets: {json.dumps(self.targets)}\n"
-        )
+        interval = self.scrape_interval
+        config = {"global": {"scrape_interval": interval, "scrape_timeout": interval}}
+        return json.dumps({**config, "scrape_configs": [self.scrape_config()]})  # JSON is YAML
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -212,19 +209,13 @@ class ServicePrometheus(PrometheusServer):
         self.token = token
         self.labels = labels or {}
 
-    def config(self) -> str:
-        return (
-            "global:\n"
-            f"  scrape_interval: {self.scrape_interval}\n"
-            f"  scrape_timeout: {self.scrape_interval}\n"
-            "scrape_configs:\n"
-            "  - job_name: activity-culler\n"
-            f"    metrics_path: {json.dumps(self.metrics_path)}\n"
-            f"    authorization: {{type: Bearer, credentials: {json.dumps(self.token)}}}\n"
-            "    static_configs:\n"
-            f"      - targets: {json.dumps(self.targets)}\n"
-            f"        labels: {json.dumps(self.labels)}\n"
-        )
+    def scrape_config(self) -> dict[str, Any]:
+        return {
+            "job_name": "activity-culler",
+            "metrics_path": self.metrics_path,
+            "authorization": {"type": "Bearer", "credentials": self.token},
+            "static_configs": [{"targets": self.targets, "labels": self.labels}],
+        }
 
     def api_get(self, path: str, **params: str) -> dict[str, Any]:
         """``GET /api/v1/<path>`` answered 200 or 400 (bad PromQL): the decoded JSON body."""
