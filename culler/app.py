@@ -91,6 +91,7 @@ def cycle_options(settings: Settings) -> CycleOptions:
         max_stops=settings.max_stops_per_cycle,
         max_stop_fraction=settings.max_stop_fraction,
         follow_up_timeout=settings.follow_up_timeout,
+        probe_timeout=settings.probe_timeout,
     )
 
 

@@ -51,6 +51,7 @@ class CycleOptions:
     max_stop_fraction: float = 0.5
     follow_up_timeout: float = 120.0
     follow_up_interval: float = 2.0
+    probe_timeout: float = 30.0  # seconds one settle probe may take to answer
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Culler:
         self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
         self._reported: set[tuple[str, str]] = set()
         self._follow_ups: dict[str, asyncio.Task[Result]] = {}
-        self.settler = Settler(probes or {}, self._stop, confirm=self._still_due)
+        self.settler = Settler(probes or {}, self._stop, confirm=self._still_due, probe_timeout=options.probe_timeout)
         self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
         self._policy: Policy | None = None  # the latest cycle's, for confirming settled stops
         self.listeners: list[Listener] = []

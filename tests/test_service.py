@@ -363,3 +363,9 @@ async def test_the_open_metrics_listener_needs_no_token(fake: FakeHub, start: An
     assert TOKEN not in text
     answer = await service.get("/metrics")  # under the prefix, a token is still required
     assert answer is not None and answer[0] == 401
+
+
+def test_the_probe_timeout_setting_reaches_the_settler() -> None:
+    settings = Settings(api_token="t", probe_timeout=7)
+    culler = Culler(make_hub(settings), cycle_options(settings))
+    assert culler.settler.probe_timeout == 7
