@@ -73,7 +73,6 @@ class Match(_Model):
     )
 
 
-PROBE_KINDS = ("tree-scan", "prometheus")
 ProbeName = Literal["tree-scan", "prometheus"]
 
 
@@ -88,13 +87,6 @@ class Settle(_Model):
     at_cap: Literal["stop", "skip"] = Field(
         "stop", description="at max_deferral: stop anyway (counted unverified) or keep deferring and report"
     )
-
-    @model_validator(mode="after")
-    def _window_fits(self) -> Settle:
-        problem = self.problem()
-        if problem:
-            raise ValueError(problem)
-        return self
 
     def problem(self) -> str | None:
         if self.probes and not self.window > 0:
@@ -113,6 +105,15 @@ class Defaults(_Model):
     max_age: Duration = Field(math.inf, description="stop servers running longer than this, active or not")
     remove_named_servers: bool = Field(False, description="delete named servers from the hub when stopping them")
     settle: Settle = Field(default_factory=Settle, description="wait for quiet homes before stopping")
+
+    @field_validator("settle")
+    @classmethod
+    def _settle_can_settle(cls, settle: Settle) -> Settle:
+        # A rule's settle section is checked once the defaults fill it in (Policy._rule_settles).
+        problem = settle.problem()
+        if problem:
+            raise ValueError(problem)
+        return settle
 
 
 class Rule(_Model):
@@ -181,9 +182,6 @@ class Policy(_Model):
         if rule is None or rule.settle is None:
             return self.defaults.settle
         return rule.settle.under(self.defaults.settle)
-
-    def uses_groups(self) -> bool:
-        return any(rule.match is not None and rule.match.groups is not None for rule in self.rules)
 
 
 def _auto_id(index: int) -> str:

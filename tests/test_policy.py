@@ -73,7 +73,6 @@ def test_example_parses():
     assert scratch.remove_named_servers is True
     assert keep_alive.plugin == "keepalive" and keep_alive.args == {"file": ".keepalive"}
     assert policy.users.delete_inactive_after == 90 * DAY and policy.users.include_admins is False
-    assert policy.uses_groups()
     assert shadowed_rules(policy) == []
 
 
@@ -82,7 +81,7 @@ def test_minimal_policy_has_documented_defaults():
     assert policy.defaults.idle == 7 * DAY
     assert math.isinf(policy.defaults.max_age)
     assert policy.defaults.remove_named_servers is False
-    assert policy.rules == [] and policy.users is None and not policy.uses_groups()
+    assert policy.rules == [] and policy.users is None
 
 
 def test_rules_without_id_are_numbered():

@@ -98,7 +98,7 @@ def test_no_settle_anywhere_means_no_probes() -> None:
         (
             "version: 1\nrules:\n  - id: gpu\n    settle: {probes: [tree-scan], window: 10m, max_deferral: 10m}\n",
             "policy.yaml: rules[0] (id 'gpu'): settle: max_deferral must be longer than window, or no server could "
-            "ever settle",
+            "ever settle (with defaults.settle filling in)",
         ),
         (
             "version: 1\ndefaults:\n  settle: {probes: [tree-scan], window: 1h, max_deferral: 30m}\n",
@@ -110,7 +110,7 @@ def test_no_settle_anywhere_means_no_probes() -> None:
         ),
         (
             "version: 1\nrules:\n  - id: gpu\n    settle: {probes: [tree-scan], window: 0}\n",
-            "policy.yaml: rules[0] (id 'gpu'): settle: window must be longer than 0s",
+            "policy.yaml: rules[0] (id 'gpu'): settle: window must be longer than 0s (with defaults.settle filling in)",
         ),
         (
             "version: 1\nrules:\n  - id: gpu\n    settle: {probes: [tree-scan], at_cap: maybe}\n",
@@ -208,6 +208,15 @@ def test_a_rule_settle_inherits_the_fields_it_does_not_set() -> None:
     settle = evaluate(policy, server(user="a"), NOW).settle
     assert settle is not None
     assert (settle.probes, settle.window, settle.max_deferral, settle.at_cap) == (["tree-scan"], 300, 3 * 3600, "skip")
+
+
+def test_a_rule_settle_is_judged_with_the_defaults_filling_in() -> None:
+    """max_deferral 60s is fine under the defaults' 30s window (not the class default of 2m)."""
+    policy = parse(
+        "version: 1\ndefaults:\n  settle: {window: 30s}\n"
+        "rules:\n  - id: fast\n    settle: {probes: [tree-scan], max_deferral: 60s}\n"
+    )
+    assert (policy.settle_for(policy.rules[0]).window, policy.settle_for(policy.rules[0]).max_deferral) == (30, 60)
 
 
 def test_an_inherited_settle_that_cannot_settle_is_rejected() -> None:
