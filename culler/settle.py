@@ -29,6 +29,10 @@ class Observation:
     detail: str = ""
     error: bool = False  # UNKNOWN because something failed (logged once per server), not just "not yet"
 
+    def vouches(self, window: float) -> bool:
+        """Whether this probe vouches for ``window`` seconds of quiet."""
+        return self.seen is Seen.QUIET and self.quiet_for >= window
+
     def __str__(self) -> str:
         if self.seen is Seen.QUIET:
             return f"quiet for {format_duration(self.quiet_for)}" + (f" ({self.detail})" if self.detail else "")
@@ -56,9 +60,7 @@ class Verdict(StrEnum):
 
 def judge(observations: Mapping[str, Observation], settle: Settle, waited: float) -> tuple[Verdict, str]:
     """The verdict for one settling server, with its reason."""
-    settled = bool(observations) and all(
-        o.seen is Seen.QUIET and o.quiet_for >= settle.window for o in observations.values()
-    )
+    settled = bool(observations) and all(o.vouches(settle.window) for o in observations.values())
     summary = "; ".join(f"{name}: {observation}" for name, observation in sorted(observations.items()))
     if settled:
         return Verdict.STOP, f"home quiet for at least {format_duration(settle.window)} ({summary})"

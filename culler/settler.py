@@ -149,8 +149,9 @@ class Settler:
         assert settle is not None
         names = list(settle.probes)
         observations = await asyncio.gather(*(self._observe(settling, name) for name in names))
-        if self.settling.get(settling.decision.server.key) is not settling:
-            return  # reconciled away while the probes ran
+        key = settling.decision.server.key
+        if self.settling.get(key) is not settling or settling.stopping:
+            return  # reconciled away (or admitted anew, or already stopping) while the probes ran
         settling.observations = dict(zip(names, observations, strict=True))
         self._log_errors(settling)
         verdict, settling.reason = judge(settling.observations, settle, settling.waited)
@@ -162,9 +163,6 @@ class Settler:
                 settling.at_cap = True
                 self._event(logging.WARNING, "settle cap reached; keeping the server", settling)
             return
-        key = settling.decision.server.key
-        if self.settling.get(key) is not settling or settling.stopping:
-            return  # reconciled away (or admitted anew) while the probes ran
         if not await self._confirmed(settling):
             return
         settling.stopping = True
@@ -230,7 +228,7 @@ class Settler:
                 self.probe_errors[name] += 1
             if verdict is Verdict.HOLD:
                 self.deferrals[("cap", name)] += 1
-            elif verdict is Verdict.WAIT and not (observation.seen is Seen.QUIET and observation.quiet_for >= window):
+            elif verdict is Verdict.WAIT and not observation.vouches(window):
                 why = "window" if observation.seen is Seen.QUIET else str(observation.seen)  # active, unknown
                 self.deferrals[(why, name)] += 1
 
