@@ -6,7 +6,6 @@ hub (OAuth, as a JupyterHub service) and keeps the access token server-side, beh
 from __future__ import annotations
 
 import html
-import json
 import logging
 import secrets
 import ssl
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from culler.activity import admin_view, for_user, humanize, server_name
 from culler.hub import HubClient, HubError, HubProtocolError
-from culler.web import TokenCache
+from culler.web import READ_ALL_SERVERS, TokenCache, bearer_token
 
 log = logging.getLogger("culler.activity_web")
 
@@ -29,7 +28,6 @@ Identity = dict[str, Any]  # {"name": str, "admin": bool, "scopes": frozenset[st
 IdentifyFn = Callable[[str], Awaitable[Identity | None]]
 RowsFn = Callable[[], list[dict[str, Any]]]
 
-READ_ALL_SERVERS = frozenset({"read:servers", "admin:servers"})
 SESSION_COOKIE = "culler-activity-session"
 STATE_COOKIE = "culler-activity-state"
 STATE_TTL = 600.0
@@ -68,14 +66,6 @@ def hub_identify(hub: HubClient) -> IdentifyFn:
     return identify
 
 
-def identity_of(payload: bytes) -> Identity:
-    try:
-        model = json.loads(payload)
-    except ValueError as error:
-        raise HubProtocolError("GET user (identify): not JSON") from error
-    return identity_from(model)
-
-
 def identity_from(model: object) -> Identity:
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise HubProtocolError("GET user (identify): no 'name'")
@@ -96,13 +86,13 @@ class ActivityWeb:
         self.history = history
         self.identify = TokenCache(identify).get
         self.oauth = oauth
-        self.sessions: dict[str, dict[str, Any]] = {}  # session id -> identity, token, expiry
+        self.sessions: dict[str, dict[str, Any]] = {}  # session id -> identity, expiry
         self.states: dict[str, float] = {}  # pending OAuth states -> expiry
         self._http: aiohttp.ClientSession | None = None
 
     # --- the API -----------------------------------------------------------------------------------
     async def api_servers(self, request: web.Request) -> web.Response:
-        token = _token(request)
+        token = bearer_token(request)
         identity = self._session(request) if token is None else None
         if token is None and identity is None:
             return web.json_response({"error": "send a hub API token: Authorization: token ..."}, status=401)
@@ -200,7 +190,6 @@ class ActivityWeb:
         sid = secrets.token_urlsafe(32)
         self.sessions[sid] = {
             "identity": identity,
-            "token": token,
             "expires": time.monotonic() + self.oauth.session_ttl,
         }
         response = web.Response(status=302, headers={"Location": self.prefix})
@@ -274,12 +263,6 @@ def add_activity_routes(
         app.router.add_get(prefix + "logout", activity.logout)
     app.on_cleanup.append(activity.close)
     return activity
-
-
-def _token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() in ("token", "bearer") and value.strip() else None
 
 
 # --- the page ---------------------------------------------------------------------------------------

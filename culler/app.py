@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from culler.activity_web import OAuthConfig, add_activity_routes, hub_identify
 from culler.cycle import Culler, CycleOptions, CycleReport
 from culler.health import Health
 from culler.history import StopHistory
-from culler.hub import HubClient, HubError, RequestObserver, internal_ssl_context
+from culler.hub import HubClient, RequestObserver, internal_ssl_context
 from culler.logs import event
 from culler.metrics import Metrics
 from culler.policy_store import PolicyStore
@@ -33,16 +34,20 @@ from culler.web import make_app, make_metrics_app
 log = logging.getLogger("culler.app")
 
 
+def hub_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The hub's internal-SSL client context, when the hub uses internal SSL."""
+    return internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
+
+
 def make_hub(settings: Settings, observer: RequestObserver | None = None) -> HubClient:
     token = settings.api_token.get_secret_value() if settings.api_token else ""
-    ssl_context = internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
     return HubClient(
         settings.url,
         token,
         concurrency=settings.concurrency,
         request_timeout=settings.request_timeout,
         page_size=settings.api_page_size,
-        ssl_context=ssl_context,
+        ssl_context=hub_ssl_context(settings),
         observer=observer,
     )
 
@@ -197,15 +202,8 @@ class Service:
             authorize_url=s.authorize_url,
             session_ttl=s.session_ttl,
             secure_cookies=s.secure_cookies,
-            ssl_context=internal_ssl_context(s.internal_certs_location) if s.ssl_enabled else None,
+            ssl_context=hub_ssl_context(s),
         )
-
-    async def _token_scopes(self, token: str) -> frozenset[str] | None:
-        try:
-            return await self.culler.hub.token_scopes(token)
-        except HubError as error:
-            event(log, logging.WARNING, "token check failed", error=str(error))
-            return None
 
     async def settle_poll(self) -> None:
         """A guarded root task: a probe or stop surprise is logged, never raised into the scheduler."""
@@ -217,17 +215,18 @@ class Service:
 
     async def _start_web(self) -> web.AppRunner:
         handler = make_aiohttp_handler(self.metrics.registry) if self.metrics is not None else None
+        oauth = self._oauth()
         app = make_app(
             self.settings.service_prefix,
             self.health_status,
             self.culler.settler.describe,
-            self._token_scopes,
+            self.culler.hub.token_scopes,
             handler,
             self.settings.service_name,
-            index_page=self._oauth() is None,
+            index_page=oauth is None,
         )
         add_activity_routes(
-            app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.culler.hub), self._oauth()
+            app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.culler.hub), oauth
         )
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()

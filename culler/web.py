@@ -10,6 +10,8 @@ from typing import Generic, TypeVar
 
 from aiohttp import web
 
+from culler.hub import HubError
+
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]
 SettlingFn = Callable[[], list[dict[str, object]]]
 ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes
@@ -48,7 +50,7 @@ class TokenCache(Generic[T]):
         return answer
 
 
-def _token(request: web.Request) -> str | None:
+def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() in ("token", "bearer") and value.strip() else None
@@ -67,13 +69,24 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="jupyterhub-activity-culler\n")
 
 
-async def settling(request: web.Request) -> web.Response:
-    token = _token(request)
+async def _caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | web.Response:
+    """The caller's hub scopes, or the answer to give: no token 401, refused 403, the hub cannot say 502."""
+    token = bearer_token(request)
     if token is None:
-        return web.json_response({"error": "send a hub API token: Authorization: token ..."}, status=401)
-    scopes = await request.app[TOKENS_KEY].get(token)
+        return web.json_response({"error": f"send a hub API token: Authorization: {scheme} ..."}, status=401)
+    try:
+        scopes = await request.app[TOKENS_KEY].get(token)
+    except HubError as error:  # not cached: the next request asks the hub again
+        return web.json_response({"error": f"the hub could not check the token: {error}"}, status=502)
     if scopes is None:
         return web.json_response({"error": "the hub does not accept this token"}, status=403)
+    return scopes
+
+
+async def settling(request: web.Request) -> web.Response:
+    scopes = await _caller_scopes(request, "token")
+    if isinstance(scopes, web.Response):
+        return scopes
     if not scopes & READ_ALL_SERVERS:
         return web.json_response({"error": "needs a token with read:servers or admin:servers"}, status=403)
     return web.json_response({"settling": request.app[SETTLING_KEY]()})
@@ -81,12 +94,11 @@ async def settling(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus scrapes with a hub token that may access this service (``access:services!service=…``)."""
-    token = _token(request)
-    if token is None:
-        return web.json_response({"error": "send a hub API token: Authorization: Bearer ..."}, status=401)
-    scopes = await request.app[TOKENS_KEY].get(token)
+    scopes = await _caller_scopes(request, "Bearer")
+    if isinstance(scopes, web.Response):
+        return scopes
     name = request.app[SERVICE_KEY]
-    if scopes is None or not scopes & {f"access:services!service={name}", "access:services"}:
+    if not scopes & {f"access:services!service={name}", "access:services"}:
         return web.json_response({"error": f"needs a token with access:services!service={name}"}, status=403)
     return await request.app[METRICS_KEY](request)
 

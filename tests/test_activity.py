@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from culler.activity import LatestDecisions, admin_view, for_user, humanize, rows
-from culler.activity_web import OAuthConfig, add_activity_routes, identity_of, render_page
+from culler.activity_web import OAuthConfig, add_activity_routes, identity_from, render_page
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
 from culler.history import StopHistory
@@ -135,9 +135,9 @@ def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
     assert StopHistory(tmp_path / "missing.jsonl").all() == []
 
 
-def test_identity_of_hub_model() -> None:
+def test_identity_from_hub_model() -> None:
     model = {"kind": "user", "name": "alice", "admin": False, "scopes": ["read:servers!user=alice"]}
-    assert identity_of(json.dumps(model).encode()) == {
+    assert identity_from(model) == {
         "name": "alice",
         "admin": False,
         "scopes": frozenset({"read:servers!user=alice"}),

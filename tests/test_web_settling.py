@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from culler.hub import HubUnreachable
 from culler.web import TOKENS_KEY, TokenCache, make_app
 
 SETTLING = [{"server": "alice", "rule": "gpu", "since": "2025-06-01T12:00:00Z", "probes": {"tree-scan": "unknown"}}]
@@ -127,3 +128,21 @@ async def test_the_cache_stays_bounded() -> None:
     for index in range(2500):
         await cache.get(f"token-{index}")
     assert len(cache._seen) <= 1001
+
+
+async def test_a_hub_that_cannot_answer_gets_502_and_is_asked_again(aiohttp_client: Any) -> None:
+    """A hub outage is not a refused token: no 403, and nothing is cached, so the next request asks again."""
+    calls: list[str] = []
+
+    async def scopes(token: str) -> frozenset[str] | None:
+        calls.append(token)
+        if len(calls) == 1:
+            raise HubUnreachable("GET user (token check): connection refused")
+        return TOKENS.get(token)
+
+    client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, scopes))
+    headers = {"Authorization": "token reader-token-00002"}
+    down = await client.get(URL, headers=headers)
+    assert down.status == 502 and "could not check the token" in (await down.json())["error"]
+    up = await client.get(URL, headers=headers)
+    assert up.status == 200 and len(calls) == 2
