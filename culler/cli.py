@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from culler import __version__
 from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings
-from culler.cycle import Culler
+from culler.cycle import Culler, snapshots
 from culler.decide import Decision, evaluate
 from culler.durations import format_duration
 from culler.explain import changes, changes_table, describe, explain_table
@@ -252,7 +252,7 @@ def check_policies(files: Sequence[Path]) -> int:
             continue
         for warning in shadowed_rules(policy) + unconfigured_probes(policy, configured):
             print(f"warning: {path}: {warning}", file=sys.stderr)
-        idle = format_duration(None if math.isinf(policy.defaults.idle) else policy.defaults.idle)
+        idle = format_duration(policy.defaults.idle)
         print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {idle}, hash {policy_hash(path.read_bytes())}")
     return 1 if failed else 0
 
@@ -346,8 +346,10 @@ async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]
 async def _fetch_servers(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
     async with hub:
         if target is None:
-            users = await hub.list_users("ready")
-            return [s for model in users for s in servers_of(model)]
+            servers, problems = snapshots(await hub.list_users("ready"))
+            for problem in problems:  # as the service does: skip that user, keep going
+                print(f"skipped: {problem}", file=sys.stderr)
+            return servers
         user, _, server = target.partition("/")
         model = await hub.get_user(user)
         if model is None:

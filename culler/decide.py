@@ -172,11 +172,11 @@ def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now
         reason = f"no activity for {format_duration(idle)} (limit {format_duration(idle_limit)}, rule {rule_id})"
         return Decision(server, Action.STOP, rule_id, reason, idle, idle_due, remove, settle=_settle(policy, rule))
     if age_due is not None and now >= age_due:
-        age = (now - server.started).total_seconds() if server.started else 0.0
+        age = (now - server.started).total_seconds()  # age_due is only set when the server has a start
         reason = f"running for {format_duration(age)} (max age {format_duration(max_age)}, rule {rule_id})"
         return Decision(server, Action.STOP, rule_id, reason, idle, age_due, remove, settle=_settle(policy, rule))
     stop_at = min((t for t in (idle_due, age_due) if t is not None), default=None)
-    limit = format_duration(None if math.isinf(idle_limit) else idle_limit)
+    limit = format_duration(idle_limit)
     when = f"stops at {isoformat(stop_at)}" if stop_at else "never stopped"
     reason = f"idle {format_duration(idle)} of {limit} (rule {rule_id}); {when}"
     return Decision(server, Action.KEEP, rule_id, reason, idle, stop_at, remove)

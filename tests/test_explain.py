@@ -1,11 +1,15 @@
 """Explain: one-line verdicts, and which decisions a candidate policy would change."""
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from fakehub import API, TOKEN, FakeHub
 
+from culler.cli import _fetch_servers
 from culler.decide import Action, Decision, evaluate
 from culler.explain import changes, changes_table, describe, explain_table, verdict
+from culler.hub import HubClient
 from culler.policy import Policy
 from culler.snapshot import ServerSnapshot
 
@@ -164,3 +168,14 @@ def test_stop_now_when_candidate_is_due_earlier_is_not_a_change():
     a = Decision(server("bob"), Action.STOP, "default", "x", 30 * 3600, ago(hours=6))
     b = Decision(server("bob"), Action.STOP, "default", "y", 30 * 3600, ago(hours=26))
     assert changes([a], [b], NOW) == []
+
+
+async def test_explain_skips_a_malformed_user_as_the_service_does(aiohttp_server: Any, capsys: Any) -> None:
+    fake = FakeHub()
+    fake.add_server("alice", last_activity=NOW - timedelta(hours=2))
+    fake.add_server("broken", last_activity=NOW - timedelta(hours=2))
+    fake.users["broken"]["servers"][""]["last_activity"] = "last tuesday"
+    server = await aiohttp_server(fake.make_app())
+    servers = await _fetch_servers(HubClient(str(server.make_url(API)), TOKEN), None)
+    assert [s.user for s in servers] == ["alice"]
+    assert "broken" in capsys.readouterr().err
