@@ -82,6 +82,7 @@ _VALUE_FLAGS: dict[str, str] = {
     "prometheus_threshold": "prometheus: quiet while the value is at most this (default 0)",
     "settle_poll": "seconds between settle polls (default 15)",
     "probe_timeout": "seconds one probe may take (default 30)",
+    "shutdown_timeout": "seconds the running cycle may finish its stops at SIGTERM (default 5)",
     "service_name": "the hub service's name (default $JUPYTERHUB_SERVICE_NAME or activity-culler)",
     "metrics_bind_url": "also serve /metrics without a token here, for in-cluster scraping",
     "warn_before": "warn this long before a server is due (default 1d)",

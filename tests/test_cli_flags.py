@@ -89,6 +89,8 @@ def test_tljh_command_line():
         pytest.param("--api-page-size=200", "api_page_size", 200, id="page-size"),
         pytest.param("--ssl-enabled --internal-certs-location=/srv/ssl", "ssl_enabled", True, id="ssl"),
         pytest.param("--dry-run --once", "once", True, id="once"),
+        pytest.param("--shutdown-timeout=12", "shutdown_timeout", 12, id="shutdown-timeout"),
+        pytest.param("--probe-timeout=7", "probe_timeout", 7, id="probe-timeout"),
         pytest.param("", "timeout", None, id="timeout-unset"),
     ],
 )
