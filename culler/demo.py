@@ -13,11 +13,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from culler.devhub import SNIPPET, LocalHub, free_port
+from culler.devhub import LocalHub
 
 DEMO_POLICY = """\
 # The demo's policy: edit it while the demo runs, the service reloads it within seconds.
@@ -64,32 +65,21 @@ def _against_given_hub(duration: float) -> int:
     process = subprocess.Popen(command)
     try:
         process.wait(timeout=duration or None)
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        process.wait(10)
-    except KeyboardInterrupt:
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
         process.terminate()
         process.wait(10)
     return 0
 
 
 async def _local_demo(duration: float, workdir: Path | None) -> int:
-    port = free_port()
-    hub = LocalHub(extra_config=f"load_subconfig({str(SNIPPET)!r})", last_activity_interval=10)
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        hub.workdir = workdir
-    policy = hub.workdir / "demo-policy.yaml"
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="devhub-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    policy = workdir / "demo-policy.yaml"
     policy.write_text(DEMO_POLICY)
-    hub.env.update(
-        {
-            "CULLER_POLICY": str(policy),
-            "CULLER_DRY_RUN": "false",
-            "CULLER_CULL_EVERY": "5",
-            "CULLER_POLICY_POLL": "2",
-            "CULLER_SERVICE_PORT": str(port),
-        }
-    )
+    # with_culler drops CULLER_* variables of this shell: the demo runs as shown, whatever is set here
+    hub = LocalHub.with_culler(policy, cull_every=5, policy_poll=2, last_activity_interval=10, workdir=workdir)
+    port = hub.service_port
+    assert port is not None
     print("Starting a local JupyterHub with configurable-http-proxy on 127.0.0.1 ...", flush=True)
     try:
         await hub.start()
