@@ -26,6 +26,7 @@ class StopHistory:
         self.path = path
         self.clock = clock
         self.entries: deque[dict[str, str | None]] = deque(maxlen=max(1, limit))
+        self._last: dict[tuple[str | None, str | None], dict[str, str | None]] = {}  # the page asks per server
         if path is not None:
             self._load(path)
 
@@ -38,7 +39,7 @@ class StopHistory:
                         if line.strip():
                             log.warning("skipping bad stop history line %d in %s", number, path)
                         continue
-                    self.entries.append(entry)
+                    self._append(entry)
         except FileNotFoundError:
             return
         except OSError as error:
@@ -59,7 +60,7 @@ class StopHistory:
             "result": str(result),
             "settle": settle,
         }
-        self.entries.append(entry)
+        self._append(entry)
         if self.path is not None:
             try:
                 with self.path.open("a", encoding="utf-8") as out:
@@ -67,15 +68,21 @@ class StopHistory:
             except OSError as error:
                 log.warning("cannot append to the stop history %s: %s", self.path, error)
 
+    def _append(self, entry: dict[str, str | None]) -> None:
+        if len(self.entries) == self.entries.maxlen:  # the oldest entry falls out
+            oldest = self.entries[0]
+            if self._last.get((oldest["user"], oldest["server"])) is oldest:
+                del self._last[(oldest["user"], oldest["server"])]
+        self.entries.append(entry)
+        self._last[(entry["user"], entry["server"])] = entry
+
     def for_user(self, name: str) -> list[dict[str, str | None]]:
         """The user's stops, newest first."""
         return [dict(e) for e in reversed(self.entries) if e["user"] == name]
 
     def last_stop(self, user: str, server: str) -> dict[str, str | None] | None:
-        for entry in reversed(self.entries):
-            if entry["user"] == user and entry["server"] == server:
-                return dict(entry)
-        return None
+        entry = self._last.get((user, server))
+        return None if entry is None else dict(entry)
 
     def all(self) -> list[dict[str, str | None]]:
         return [dict(e) for e in reversed(self.entries)]

@@ -131,7 +131,9 @@ def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
         "settle": "home quiet",
     }
     assert [e["server"] for e in again.for_user("alice")] == ["gpu", "old"]
-    assert StopHistory(path, limit=1).all()[0]["server"] == "gpu"
+    trimmed = StopHistory(path, limit=1)
+    assert trimmed.all()[0]["server"] == "gpu"
+    assert trimmed.last_stop("alice", "old") is None and trimmed.last_stop("alice", "gpu") is not None
     assert StopHistory(tmp_path / "missing.jsonl").all() == []
 
 
