@@ -89,9 +89,6 @@ class Settler:
         self.deferrals: Counter[tuple[str, str]] = Counter()
         self.probe_errors: Counter[str] = Counter()
 
-    def __contains__(self, key: str) -> bool:
-        return key in self.settling
-
     def admit(self, decision: Decision) -> None:
         settle = decision.settle
         assert settle is not None

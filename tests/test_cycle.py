@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fakehub import API, FakeHub, iso
+from process_support import wait_for
 
 from culler.cycle import Culler, CycleOptions, Result
 from culler.hub import HubClient
@@ -356,11 +357,7 @@ async def test_stopping_set_before_the_cycle_sends_nothing(fake: FakeHub, make_c
 
 
 async def first_delete(fake: FakeHub, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not fake.deletes:
-        assert loop.time() < deadline, "no DELETE arrived"
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: fake.deletes, timeout, "a DELETE", interval=0.01)
 
 
 async def test_stopping_mid_cycle_sends_no_new_deletes(fake: FakeHub, make_culler: CullerFactory) -> None:
@@ -444,14 +441,17 @@ def home(tmp_path: Any, user: str) -> Any:
 
 async def settle_polls(culler: Culler, done: Callable[[], bool], deadline: float = 5.0) -> int:
     """Run settle polls until ``done()`` (failing at the deadline); the number of polls."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
     polls = 0
-    while not done():
-        assert loop.time() < end, "deadline passed"
+
+    async def polled() -> bool:
+        nonlocal polls
+        if done():
+            return True
         await culler.settler.poll()
         polls += 1
-        await asyncio.sleep(0.02)
+        return done()
+
+    await wait_for(polled, deadline, "the settle polls to get there", interval=0.02)
     return polls
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from fakehub import API, PAGINATION_MEDIA_TYPE, TOKEN, FakeHub
+from process_support import wait_for
 
 from culler.hub import (
     DEFAULT_PAGE_LIMIT,
@@ -333,11 +334,7 @@ async def test_202_then_followed_until_stopped(fake: FakeHub, make_client: Clien
     client = make_client()
     assert await client.stop_server("slow", "") is StopOutcome.STOPPING
     assert await client.is_stopped("slow", "") is False
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not await client.is_stopped("slow", ""):
-        assert loop.time() < deadline, "the fake never finished the stop"
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: client.is_stopped("slow", ""), 5, "the fake to finish the stop", interval=0.05)
 
 
 async def test_remove_is_sent_for_named_servers_only(fake: FakeHub, make_client: ClientFactory) -> None:
@@ -366,11 +363,7 @@ async def test_abort_during_retry_wait_sends_no_retry(fake: FakeHub, make_client
     fake.fail("DELETE", USERS + "/alice/server", status=503, headers={"Retry-After": "0.5"})
     abort = asyncio.Event()
     task = asyncio.create_task(make_client().stop_server("alice", "", abort=abort))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not fake.deletes:
-        assert loop.time() < deadline
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: fake.deletes, 5, "the first DELETE", interval=0.01)
     abort.set()
     with pytest.raises(HubInterrupted):
         await asyncio.wait_for(task, 5)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from process_support import wait_for
 
 from culler.decide import Action, Decision
 from culler.policy import Settle
@@ -111,13 +112,17 @@ def make(*probes: FakeProbe, probe_timeout: float = 1.0) -> tuple[Settler, Stops
 
 async def poll_until(settler: Settler, done: Callable[[], bool], deadline: float = DEADLINE) -> int:
     """Poll until ``done()``; the number of polls it took. Fails at the deadline."""
-    end = time.monotonic() + deadline
     polls = 0
-    while not done():
-        assert time.monotonic() < end, "deadline passed"
+
+    async def polled() -> bool:
+        nonlocal polls
+        if done():
+            return True
         await settler.poll()
         polls += 1
-        await asyncio.sleep(0.01)
+        return done()
+
+    await wait_for(polled, deadline, "the settle polls to get there", interval=0.01)
     return polls
 
 
@@ -134,7 +139,7 @@ async def test_stops_only_when_every_probe_vouches_for_the_window() -> None:
     b = FakeProbe(B, lambda _: answers[B])
     settler, stops = make(a, b)
     settler.admit(due(how=settle(A, B, window=10)))
-    assert "alice/" in settler
+    assert "alice/" in settler.settling
     await settler.poll()
     assert stops.calls == []
     answers[B] = active("file grew")
@@ -146,7 +151,7 @@ async def test_stops_only_when_every_probe_vouches_for_the_window() -> None:
     answers[B] = quiet(10)
     await settler.poll()
     assert [(key, note) for key, note, _ in stops.calls] == [("alice/", "verified")]
-    assert "alice/" not in settler and settler.describe() == []
+    assert "alice/" not in settler.settling and settler.describe() == []
     assert a.forgotten == ["alice/"] and b.forgotten == ["alice/"]
     assert settler.stopped_unverified == 0
     await settler.poll()  # nothing left: no second stop
@@ -172,7 +177,7 @@ async def test_probe_answers_cannot_cancel_settling() -> None:
     for _ in range(5):
         await settler.poll()
         settler.reconcile([decision])  # the same activity: still due
-    assert "alice/" in settler and stops.calls == []
+    assert "alice/" in settler.settling and stops.calls == []
     assert probe.forgotten == []
 
 
@@ -195,7 +200,7 @@ async def test_reconcile_ends_settling(later: Callable[[ServerSnapshot], list[De
     decision = due()
     settler.admit(decision)
     settler.reconcile(later(decision.server))
-    assert "alice/" not in settler
+    assert "alice/" not in settler.settling
     assert probe.forgotten == ["alice/"]
     await settler.poll()
     assert stops.calls == [] and probe.calls == []
@@ -230,7 +235,7 @@ async def test_never_ending_writer_is_stopped_unverified_at_the_cap(caplog) -> N
     assert at - admitted >= 0.3
     assert settler.stopped_unverified == 1
     assert len(messages(caplog, "settle cap reached; stopping unverified")) == 1
-    assert "alice/" not in settler
+    assert "alice/" not in settler.settling
 
 
 async def test_at_cap_skip_keeps_the_server_and_says_so_once(caplog) -> None:
@@ -286,7 +291,7 @@ async def test_a_failing_probe_defers_until_the_cap_and_is_logged_once(script: S
     if script is hang:
         assert "no answer within 0.05s" in fields[0]["error"]
         assert len(probe.calls) == 2  # one call per server, reused while it hung: never doubled
-        await asyncio.sleep(0)
+        await wait_for(lambda: probe.running == 0, DEADLINE, "the hung probe calls to end", interval=0.01)
         assert probe.cancelled == 2  # and cancelled once the server left settling
     else:
         assert "RuntimeError: disk on fire" in fields[0]["error"]
@@ -309,8 +314,7 @@ async def test_a_slow_probe_is_not_called_twice_concurrently() -> None:
         assert settler.describe()[0]["probes"] == {A: "unknown: no answer within 0.02s"}
     assert len(probe.calls) == 1 and probe.max_running == 1
     release.set()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await wait_for(lambda: probe.running == 0, DEADLINE, "the late answer", interval=0.01)
     await settler.poll()  # the late answer is not taken as current: a fresh call is made
     assert len(probe.calls) == 2 and probe.max_running == 1
     assert [(key, note) for key, note, _ in stops.calls] == [("alice/", "verified")]
@@ -340,7 +344,7 @@ async def test_a_probe_that_fails_before_its_coroutine_starts_cannot_tell() -> N
     await settler.poll()
     assert settler.describe()[0]["probes"] == {A: "unknown: KeyError: 'username'"}
     await poll_until(settler, lambda: bool(stops.calls))  # forget raising does not lose the stop
-    assert stops.calls[0][1] == "unverified" and "alice/" not in settler
+    assert stops.calls[0][1] == "unverified" and "alice/" not in settler.settling
 
 
 async def test_one_servers_failing_stop_does_not_end_the_others_poll(caplog) -> None:
@@ -379,15 +383,15 @@ async def test_a_verdict_for_a_settling_that_ended_meanwhile_is_dropped() -> Non
     first = due()
     settler.admit(first)
     polling = asyncio.ensure_future(settler.poll())
-    while not probe.calls:
-        await asyncio.sleep(0)
+    await wait_for(lambda: probe.calls, DEADLINE, "the probe call", interval=0.01)
     newer = replace(first.server, last_activity=T0 + timedelta(hours=3))
     settler.reconcile([keep(newer)])  # the user came back
     settler.admit(due(newer))  # ...and is due again (say, a policy change)
     release.set()
     await polling
     assert stops.calls == []
-    assert "alice/" in settler and settler.settling["alice/"].decision.server.last_activity == newer.last_activity
+    assert "alice/" in settler.settling
+    assert settler.settling["alice/"].decision.server.last_activity == newer.last_activity
 
 
 async def test_a_server_being_stopped_stays_busy_until_the_stop_returns() -> None:
@@ -397,23 +401,28 @@ async def test_a_server_being_stopped_stays_busy_until_the_stop_returns() -> Non
     decision = due()
     settler.admit(decision)
     polling = asyncio.ensure_future(settler.poll())
-    while not stops.calls:
-        await asyncio.sleep(0)
-    assert "alice/" in settler  # a cycle now must not find it due and admit it again
+    await wait_for(lambda: stops.calls, DEADLINE, "the stop", interval=0.01)
+    assert "alice/" in settler.settling  # a cycle now must not find it due and admit it again
     settler.reconcile([])  # the hub already lists it as gone: nothing to drop, the stop is on its way
     await settler.poll()  # nor poll it again
     assert len(stops.calls) == 1 and len(probe.calls) == 1
     stops.gate.set()
     await polling
-    assert "alice/" not in settler
+    assert "alice/" not in settler.settling
 
 
 async def test_probe_calls_still_running_when_settling_ends_are_cancelled() -> None:
     """A probe call that outlives its settling must not write per-server state back after forget()."""
 
+    release = asyncio.Event()
+
+    async def answer_once_released(_: int) -> Observation:
+        await release.wait()
+        return quiet(1000)
+
     class Remembering(FakeProbe):
         def __init__(self) -> None:
-            super().__init__(A, hang)
+            super().__init__(A, answer_once_released)
             self.state: dict[str, float] = {}
 
         async def observe(self, snapshot: ServerSnapshot, window: float = 0.0) -> Observation:
@@ -430,9 +439,13 @@ async def test_probe_calls_still_running_when_settling_ends_are_cancelled() -> N
     decision = due()
     settler.admit(decision)
     await settler.poll()
+    assert probe.running == 1  # outlived its timeout: still running
     settler.reconcile([keep(replace(decision.server, last_activity=T0 + timedelta(minutes=1)))])
-    await asyncio.sleep(0)
-    assert probe.cancelled == 1 and probe.state == {}
+    release.set()  # an uncancelled call would now answer and write its state back
+    await wait_for(lambda: probe.running == 0, DEADLINE, "the probe call to end", interval=0.01)
+    assert probe.cancelled == 1
+    assert probe.state == {}  # nothing written back after forget()
+    assert probe.forgotten == ["alice/"]
 
 
 # -- describe -----------------------------------------------------------------------------------------

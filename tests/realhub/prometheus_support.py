@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realhub_support import start_process, stop_process
+from realhub_support import start_process, stop_process, wait_for
 
 from culler.devhub import free_port
 
@@ -177,14 +177,16 @@ class PrometheusServer:
 
     async def wait_value(self, promql: str, expected: float | None, timeout: float = 20.0) -> float:
         """Wait until ``promql`` answers ``expected`` (None: no data); returns the monotonic time it did."""
-        deadline = time.monotonic() + timeout
-        while True:
+        last: list[float | None] = []
+
+        async def answered() -> float | None:
             value = await asyncio.to_thread(self.query, promql)
-            if value == expected:
-                return time.monotonic()
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"{promql} answered {value}, not {expected}, for {timeout:.0f}s")
-            await asyncio.sleep(0.2)
+            last[:] = [value]
+            return time.monotonic() if value == expected else None
+
+        return await wait_for(
+            answered, timeout, f"{promql} to answer {expected}", interval=0.2, detail=lambda: f"it answered {last[0]}"
+        )
 
     def stop(self) -> None:
         if self.process is not None:

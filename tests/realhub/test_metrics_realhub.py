@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import aiohttp
 import pytest
 import yaml
 from prometheus_support import ServicePrometheus, promtool
-from realhub_support import REPO, SERVICE, CullerHub, start_culler_hub
+from realhub_support import REPO, SERVICE, CullerHub, start_culler_hub, wait_for
 
 pytestmark = [
     pytest.mark.realhub,
@@ -143,16 +142,19 @@ def grafana_to_promql(expr: str) -> str:
 
 async def wait_query(prometheus: ServicePrometheus, promql: str, timeout: float = 30.0) -> float:
     """Wait until ``promql`` (a filter such as ``x > 0``) returns data through Prometheus's HTTP API."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def answered() -> list[float] | None:  # in a list: a value of 0 is data too
         value = await asyncio.to_thread(prometheus.query, promql)
-        if value is not None:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{promql} returned no data for {timeout:.0f}s; prometheus log: {prometheus.log_tail()}"
-            )
-        await asyncio.sleep(0.5)
+        return None if value is None else [value]
+
+    [value] = await wait_for(
+        answered,
+        timeout,
+        f"{promql} to return data",
+        interval=0.5,
+        detail=lambda: f"prometheus log: {prometheus.log_tail()}",
+    )
+    return value
 
 
 # -- the endpoint -----------------------------------------------------------------------------------
