@@ -224,6 +224,10 @@ class HubClient:
         self, path: str, template: str, params: dict[str, Any] | None = None, accept: str = "application/json"
     ) -> Any:
         status, payload = await self.request("GET", path, template, params=params, accept=accept)
+        return self._json(template, status, payload)
+
+    def _json(self, template: str, status: int, payload: bytes) -> Any:
+        """A GET's decoded 200 answer; any other status or a body that is not JSON raises."""
         if status != 200:
             raise self._error("GET", template, status, payload)
         try:
@@ -260,12 +264,7 @@ class HubClient:
         status, payload = await self.request("GET", user_path(user), "users/{name}")
         if status == 404:
             return None
-        if status != 200:
-            raise self._error("GET", "users/{name}", status, payload)
-        try:
-            data = json.loads(payload)
-        except ValueError as error:
-            raise self._not_json("users/{name}", status, payload) from error
+        data = self._json("users/{name}", status, payload)
         if not isinstance(data, dict):
             raise HubProtocolError("GET users/{name}: not a user model")
         return data
