@@ -15,6 +15,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from culler.activity import LatestDecisions, rows
 from culler.activity_web import OAuthConfig, add_activity_routes, hub_identify
+from culler.clock import ClockWatch
 from culler.cycle import Culler, CycleOptions, CycleReport
 from culler.health import Health
 from culler.history import StopHistory
@@ -47,9 +48,15 @@ def make_hub(settings: Settings, observer: RequestObserver | None = None) -> Hub
         concurrency=settings.concurrency,
         request_timeout=settings.request_timeout,
         page_size=settings.api_page_size,
+        max_rate=settings.max_request_rate,
         ssl_context=hub_ssl_context(settings),
         observer=observer,
+        clock=clock_watch("hub", settings),
     )
+
+
+def clock_watch(source: str, settings: Settings) -> ClockWatch:
+    return ClockWatch(source, warn_at=settings.clock_skew_warning, max_skew=settings.max_clock_skew)
 
 
 def build_probes(settings: Settings) -> dict[str, Probe]:
@@ -72,7 +79,7 @@ def make_activity(settings: Settings) -> ProxyActivity | None:
     # Without a token every cycle fails with a clear error (and stops nothing): exiting instead would
     # take the hub down with its managed service.
     token = settings.proxy_api_token.get_secret_value() if settings.proxy_api_token else ""
-    return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout)
+    return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout, clock_watch("proxy", settings))
 
 
 def make_warnings(settings: Settings) -> WarningSender | None:
@@ -97,6 +104,9 @@ def cycle_options(settings: Settings) -> CycleOptions:
         max_stop_fraction=settings.max_stop_fraction,
         follow_up_timeout=settings.follow_up_timeout,
         probe_timeout=settings.probe_timeout,
+        interval=settings.interval,
+        listing_deadline=settings.listing_deadline,
+        recheck_fraction=settings.recheck_fraction,
     )
 
 

@@ -290,12 +290,12 @@ def explain_command(argv: Sequence[str]) -> int:
     candidate = load_policy(Path(candidate_path), sorted(plugins)) if candidate_path else None
     servers = asyncio.run(_fetch(settings, target))
     now = utcnow()
-    current = [evaluate(in_force, s, now, plugins) for s in servers]
+    current = [evaluate(in_force, s, s.observed_at or now, plugins) for s in servers]
     if candidate is None or (in_force_path and Path(in_force_path) == Path(candidate_path or "")):
         settling = asyncio.run(_fetch_settling(service_url or _default_service_url(settings.url), settings))
         _print_decisions(current, now, as_json, settling)
         return 0
-    proposed = [evaluate(candidate, s, now, plugins) for s in servers]
+    proposed = [evaluate(candidate, s, s.observed_at or now, plugins) for s in servers]
     rows = changes(current, proposed, now)
     print("\n".join(json.dumps(r) for r in rows) if as_json else changes_table(rows, len(servers)))
     return 0
@@ -347,15 +347,18 @@ async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]
 async def _fetch_servers(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
     async with hub:
         if target is None:
-            servers, problems = snapshots(await hub.list_users("ready"))
-            for problem in problems:  # as the service does: skip that user, keep going
-                print(f"skipped: {problem}", file=sys.stderr)
-            return servers
+            servers: list[ServerSnapshot] = []
+            async for page in hub.user_pages("ready"):
+                found, problems = snapshots(page.users, page.reading)
+                servers.extend(found)
+                for problem in problems:  # as the service does: skip that user, keep going
+                    print(f"skipped: {problem}", file=sys.stderr)
+            return list({s.key: s for s in servers}.values())
         user, _, server = target.partition("/")
-        model = await hub.get_user(user)
+        model, reading = await hub.read_user(user)
         if model is None:
             raise UsageError(f"no user {user!r} on the hub")
-        servers = servers_of(model)
+        servers = servers_of(model, reading)
         return [s for s in servers if s.name == server] if "/" in target else servers
 
 

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from culler.clock import Reading
 from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
 from culler.durations import format_duration
 from culler.guard import GuardResult, apply_guard
-from culler.hub import HubClient, HubError, HubInterrupted, StopOutcome
+from culler.hub import HubClient, HubError, HubInterrupted, HubListingError, StopOutcome
 from culler.logs import event
 from culler.policy import Policy
 from culler.probes import Probe
 from culler.proxy_activity import ProxyActivity, ProxyActivityError
 from culler.settler import Settler
-from culler.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of, with_route_activity
+from culler.snapshot import (
+    ServerSnapshot,
+    SnapshotError,
+    UserSnapshot,
+    servers_of,
+    user_of,
+    with_route_activity,
+)
 from culler.timeutil import utcnow
 
 log = logging.getLogger("culler.cycle")
@@ -42,6 +49,7 @@ class Result(StrEnum):
     WOULD_STOP = "would-stop"  # dry run
     HELD = "held"  # over the mass-stop cap: left for a later cycle
     INTERRUPTED = "interrupted"  # shutdown began before the stop was sent
+    RECHECKED = "kept-on-recheck"  # re-read right before the stop: used again, gone, or the hub could not say
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ class CycleOptions:
     follow_up_timeout: float = 120.0
     follow_up_interval: float = 2.0
     probe_timeout: float = 30.0  # seconds one settle probe may take to answer
+    interval: float = 300.0  # seconds between cycles: the longest a listing may take, unless listing_deadline
+    listing_deadline: float = 0.0  # seconds; 0: derived from the first page (see culler.listing)
+    # Re-read each due server right before its stop when the listing took longer than this share of the
+    # shortest idle limit in force: data that old may no longer be true.
+    recheck_fraction: float = 0.01
 
 
 @dataclass
@@ -66,6 +79,9 @@ class CycleReport:
     duration: float = 0.0  # seconds, by the monotonic clock
     cpu_seconds: float = 0.0  # this process's CPU time while the cycle ran (other tasks included)
     stops_began: datetime | None = None  # when this cycle sent its first stop
+    listing_seconds: float = 0.0  # how long listing the hub took, first request to last answer
+    listing_failure: str | None = None  # the bound a listing broke (a culler.listing reason), or "error"
+    duplicates: int = 0  # servers listed more than once (offset paging while users come and go)
 
     @property
     def ok(self) -> bool:
@@ -84,13 +100,13 @@ class Listener(Protocol):
     def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None: ...
 
 
-def snapshots(users: list[object]) -> tuple[list[ServerSnapshot], list[str]]:
+def snapshots(users: list[object], reading: Reading | None = None) -> tuple[list[ServerSnapshot], list[str]]:
     """Servers of every well-formed user model, and one problem line per model that was not."""
     servers: list[ServerSnapshot] = []
     problems: list[str] = []
     for model in users:
         try:
-            servers.extend(servers_of(model))
+            servers.extend(servers_of(model, reading))
         except SnapshotError as error:
             problems.append(str(error))
     return servers, problems
@@ -105,20 +121,53 @@ def _users_with_every_server(report: CycleReport, result: Result) -> set[str]:
     return {user for user, every in outcome.items() if every}
 
 
+def _keeps_more(new: ServerSnapshot, old: ServerSnapshot) -> bool:
+    """Of two listings of one server, the one that argues for keeping it: not ready, else newer activity."""
+
+    def weight(s: ServerSnapshot) -> tuple[bool, datetime]:
+        return (bool(s.pending) or not s.ready, s.activity_time or datetime.min.replace(tzinfo=UTC))
+
+    return weight(new) > weight(old)
+
+
 @dataclass
 class Listing:
-    servers: list[ServerSnapshot] = field(default_factory=list)
+    servers: dict[str, ServerSnapshot] = field(default_factory=dict)  # by key: a server listed twice counts once
     problems: list[str] = field(default_factory=list)  # one line per malformed user model
     users: dict[str, UserSnapshot] = field(default_factory=dict)  # as listed, before any stop
+    duplicates: int = 0
+
+    def add(self, servers: list[ServerSnapshot]) -> None:
+        for server in servers:
+            old = self.servers.get(server.key)
+            if old is not None:
+                self.duplicates += 1
+                if not _keeps_more(server, old):
+                    continue
+            self.servers[server.key] = server
 
 
-def _users(models: list[object]) -> dict[str, UserSnapshot]:
-    users: dict[str, UserSnapshot] = {}
+def _users(models: list[object], reading: Reading | None, into: dict[str, UserSnapshot]) -> list[str]:
+    """Add the well-formed users; a user listed twice keeps its newest activity (towards keeping it).
+    Returns one problem line per malformed model."""
+    problems = []
     for model in models:
-        with contextlib.suppress(SnapshotError):
-            user = user_of(model)
-            users[user.name] = user
-    return users
+        try:
+            user = user_of(model, reading)
+        except SnapshotError as error:
+            problems.append(str(error))
+            continue
+        old = into.get(user.name)
+        if old is None or _since(user) > _since(old):
+            into[user.name] = user
+    return problems
+
+
+def _since(user: UserSnapshot) -> datetime:
+    return user.last_activity or user.created or _EPOCH
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def _judged_before_our_stop(current: UserSnapshot, listed: UserSnapshot, stops_began: datetime) -> UserSnapshot:
@@ -179,37 +228,53 @@ class Culler:
         report = CycleReport(started=self.clock())
         self._policy = policy
         try:
-            listing = await self._list_ready(with_users=policy.users is not None)
+            listing = await self._list_ready(with_users=policy.users is not None, report=report)
             routes = await self.activity.routes() if self.activity is not None else None
         except HubError as error:
             what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
             report.error = f"{what} failed, no stops this cycle: {error}"
+            report.listing_failure = error.reason if isinstance(error, HubListingError) else "error"
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
-        servers, problems = listing.servers, listing.problems
+        servers, problems = list(listing.servers.values()), listing.problems
         if routes is not None:
             servers = with_route_activity(servers, routes)
         report.skipped_users = len(problems)
+        report.duplicates = listing.duplicates
         for problem in problems:
             event(log, logging.WARNING, "user skipped", error=problem, action="keeping its servers")
-        now = self.clock()
-        report.decisions = [evaluate(policy, server, now, self.plugins) for server in servers]
+        if listing.duplicates:
+            event(log, logging.WARNING, "servers listed twice; judged once", count=listing.duplicates)
+        report.decisions = [self._evaluate(policy, server) for server in servers]
         self._log_doubts(report.decisions)
-        await self._stop_due(report)
+        await self._stop_due(report, self._needs_recheck(policy, report.listing_seconds))
         if policy.users is not None and not self.stopping.is_set():
             await self._delete_users(policy, report, listing.users)
         return report
 
-    async def _list_ready(self, with_users: bool) -> Listing:
+    def _evaluate(self, policy: Policy, server: ServerSnapshot) -> Decision:
+        """The decision as of when the source answered with this server's data (see culler.clock)."""
+        return evaluate(policy, server, server.observed_at or self.clock(), self.plugins)
+
+    def _needs_recheck(self, policy: Policy, listing_seconds: float) -> bool:
+        shortest = policy.shortest_idle()
+        return shortest is not None and listing_seconds > self.options.recheck_fraction * shortest
+
+    async def _list_ready(self, with_users: bool, report: CycleReport) -> Listing:
         """The ready servers, page by page, keeping only snapshots (a user model is several times bigger)."""
         listing = Listing()
-        async for page in self.hub.user_pages("ready"):
-            servers, problems = snapshots(page)
-            listing.servers.extend(servers)
+        began = time.monotonic()
+        async for page in self.hub.user_pages("ready", self._listing_cap()):
+            servers, problems = snapshots(page.users, page.reading)
+            listing.add(servers)
             listing.problems.extend(problems)
             if with_users:
-                listing.users.update(_users(page))
+                _users(page.users, page.reading, listing.users)
+        report.listing_seconds = time.monotonic() - began
         return listing
+
+    def _listing_cap(self) -> float:
+        return self.options.listing_deadline or self.options.interval
 
     def _log_doubts(self, decisions: list[Decision]) -> None:
         current = {(d.server.key, d.error) for d in decisions if d.error}
@@ -217,7 +282,7 @@ class Culler:
             event(log, logging.WARNING, "keeping server", server=key, error=error)
         self._reported = current
 
-    async def _stop_due(self, report: CycleReport) -> None:
+    async def _stop_due(self, report: CycleReport, recheck: bool = False) -> None:
         self.settler.reconcile(report.decisions)
         busy = self._follow_ups.keys() | self.settler.settling.keys()
         due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in busy]
@@ -243,12 +308,26 @@ class Culler:
                 report.results[decision.server.key] = Result.SETTLING
         direct = [d for d in report.guard.allowed if d.settle is None]
         report.stops_began = self.clock()
-        results = await asyncio.gather(*(self._stop(decision) for decision in direct))
+        if recheck and direct:
+            event(
+                log,
+                logging.INFO,
+                "listing was slow; re-reading each due server before its stop",
+                listing=f"{report.listing_seconds:.1f}s",
+                due=len(direct),
+            )
+        results = await asyncio.gather(*(self._stop(decision, recheck=recheck) for decision in direct))
         for decision, result in zip(direct, results, strict=True):
             report.results[decision.server.key] = result
 
-    async def _stop(self, decision: Decision, settle: str | None = None) -> Result:
-        """Stop one server now; ``settle`` says whether a settle step vouched for its home."""
+    async def _stop(self, decision: Decision, settle: str | None = None, recheck: bool = False) -> Result:
+        """Stop one server now; ``settle`` says whether a settle step vouched for its home; ``recheck``
+        re-reads it from the hub first (its listing is old) and keeps it if it moved."""
+        if recheck and not self.stopping.is_set() and await self._still_due(decision) is not True:
+            fields = {"user": decision.server.user, "server": decision.server.name, "rule": decision.rule_id}
+            event(log, logging.INFO, "not stopping: re-read before the stop, it is not (surely) idle", **fields)
+            self._notify("server_stopped", decision, Result.RECHECKED, settle)
+            return Result.RECHECKED
         result = await self._stop_once(decision, settle)
         if result is not Result.INTERRUPTED:
             self._notify("server_stopped", decision, result, settle)
@@ -306,26 +385,22 @@ class Culler:
             self._follow_ups.pop(server.key, None)
 
     async def _still_due(self, decision: Decision) -> bool | None:
-        """Fresh look at one settled server right before its stop (see ``ConfirmFn``): still due under
-        the policy of the latest cycle, by the hub's (and the proxy's) current data?"""
+        """Fresh look at one server right before its stop (see ``ConfirmFn``): True when it is still due
+        under the policy of the latest cycle by the hub's (and the proxy's) current data, judged as of that
+        answer; False when it is not (used again, a policy edit) or gone; None when the hub cannot say.
+        Activity that leaves it due (older than the limit, or under max age) does not hold the stop."""
         before = decision.server
         try:
-            model = await self.hub.get_user(before.user)
+            model, reading = await self.hub.read_user(before.user)
             routes = await self.activity.routes() if self.activity is not None else None
-            found = [s for s in servers_of(model) if s.name == before.name] if model is not None else []
+            found = [s for s in servers_of(model, reading) if s.name == before.name] if model is not None else []
         except (HubError, SnapshotError) as error:
-            event(
-                log,
-                logging.WARNING,
-                "cannot confirm a settled server is still idle",
-                server=before.key,
-                error=str(error),
-            )
+            event(log, logging.WARNING, "cannot confirm a server is still idle", server=before.key, error=str(error))
             return None
         if not found or self._policy is None:
             return False if not found else None
         now = with_route_activity(found, routes)[0] if routes is not None else found[0]
-        fresh = evaluate(self._policy, now, self.clock(), self.plugins)
+        fresh = self._evaluate(self._policy, now)
         if fresh.error:
             return None
         return fresh.action is Action.STOP
@@ -360,27 +435,22 @@ class Culler:
         return StopOutcome.STOPPING
 
     async def _delete_users(self, policy: Policy, report: CycleReport, listed: dict[str, UserSnapshot]) -> None:
+        users: dict[str, UserSnapshot] = {}
         try:
-            models = await self.hub.list_users("inactive")
+            async for page in self.hub.user_pages("inactive", self._listing_cap()):
+                for problem in _users(page.users, page.reading, users):
+                    event(log, logging.WARNING, "user skipped", error=problem)
         except HubError as error:
             event(log, logging.ERROR, "listing inactive users failed, no deletions this cycle", error=str(error))
             return
         stopped = _users_with_every_server(report, Result.STOPPED)
-        users: dict[str, UserSnapshot] = {}
-        for model in models:
-            try:
-                user = user_of(model)
-            except SnapshotError as error:
-                event(log, logging.WARNING, "user skipped", error=str(error))
-                continue
-            if user.name in stopped and user.name in listed and report.stops_began is not None:
-                user = _judged_before_our_stop(user, listed[user.name], report.stops_began)
-            users[user.name] = user
+        for name, user in users.items():
+            if name in stopped and name in listed and report.stops_began is not None:
+                users[name] = _judged_before_our_stop(user, listed[name], report.stops_began)
         if self.options.dry_run:  # show the deletions acting would make once these servers are stopped
             for name in _users_with_every_server(report, Result.WOULD_STOP) & listed.keys():
                 users.setdefault(name, replace(listed[name], has_servers=False))
-        now = self.clock()
-        candidates = [evaluate_user(policy, user, now) for user in users.values()]
+        candidates = [evaluate_user(policy, user, user.observed_at or self.clock()) for user in users.values()]
         to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
         for decision in to_delete:
             if self.stopping.is_set():

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,20 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from culler.clock import ClockWatch, Reading, parse_http_date
+from culler.listing import ListingBounds, ListingError, page_info
+from culler.logs import event
+from culler.timeutil import utcnow
+
+log = logging.getLogger("culler.hub")
+
 PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
-MAX_PAGES = 100_000
 # Without --api-page-size, ask for big pages: the hub caps this at its api_page_max_limit (200 unless
 # raised), four times its default page (50), so a cycle makes a quarter of the listing requests.
 DEFAULT_PAGE_LIMIT = 500
-MAX_RETRY_AFTER = 30.0
+# A Retry-After is honoured up to this long, by every request until then (in this cycle or later ones).
+MAX_RETRY_AFTER = 600.0
+DEFAULT_MAX_RATE = 100.0  # requests per second, at most, whatever the concurrency
 
 RequestObserver = Callable[[str, str, str, float], None]  # method, endpoint template, status, seconds
 
@@ -44,6 +55,34 @@ class HubProtocolError(HubError):
 
 class HubInterrupted(HubError):
     """The request was not sent: shutdown began while it waited for a slot or a retry."""
+
+
+class HubBackingOff(HubError):
+    """Not sent: the hub asked (Retry-After) not to be asked again before a time that is still ahead."""
+
+
+class HubListingError(HubProtocolError):
+    """A listing broke one of its bounds (see ``culler.listing``); ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    reading: Reading  # our clock at sending, and the hub's Date
+    retry_after: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing, with the clock reading its timestamps are on."""
+
+    users: list[Any]
+    reading: Reading
 
 
 class HubAPIError(HubError):
@@ -92,20 +131,30 @@ class HubClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
+        max_rate: float = DEFAULT_MAX_RATE,
         ssl_context: ssl.SSLContext | None = None,
         observer: RequestObserver | None = None,
+        clock: ClockWatch | None = None,
+        now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.api_url = api_url.rstrip("/") + "/"
         self._token = token
         self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+        self.request_timeout = request_timeout
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self.page_size = page_size
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self._spacing = 1.0 / max_rate if max_rate > 0 else 0.0
+        self._next_slot = 0.0  # monotonic: when the next request may go out (the rate bound)
+        self._pace_lock = asyncio.Lock()
+        self.not_before = 0.0  # monotonic: the hub's Retry-After, kept across cycles
         self._ssl = ssl_context
         self._observer = observer
+        self.clock = clock or ClockWatch("hub")
+        self._now = now  # our clock (tests move it)
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -142,8 +191,8 @@ class HubClient:
         body: Any = None,
         accept: str = "application/json",
         abort: asyncio.Event | None = None,
-    ) -> tuple[int, bytes]:
-        """One API call with retries; returns status and body of the final answer.
+    ) -> Answer:
+        """One API call with retries; returns the final answer.
 
         With ``abort``, no attempt is sent once the event is set (``HubInterrupted``): a stop queued
         behind the concurrency limit, or waiting to retry, must not go out after shutdown began.
@@ -152,16 +201,21 @@ class HubClient:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                status, payload, retry_after = await self._once(method, url, template, params, body, accept, abort)
+                answer = await self._once(method, url, template, params, body, accept, abort)
             except HubUnreachable:
                 if last:
                     raise
-                await asyncio.sleep(self._delay(attempt, None))
+                await asyncio.sleep(self._delay(attempt))
                 continue
-            if _retryable(status) and not last:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-                continue
-            return status, payload
+            if _retryable(answer.status):
+                retry_after = self._retry_after(answer)
+                if retry_after is not None:
+                    self.not_before = max(self.not_before, time.monotonic() + retry_after)
+                if not last:
+                    if retry_after is None:
+                        await asyncio.sleep(self._delay(attempt))
+                    continue  # with a Retry-After, the next attempt waits for it in _once
+            return answer
         raise AssertionError("unreachable")
 
     async def _once(
@@ -173,20 +227,26 @@ class HubClient:
         body: Any,
         accept: str,
         abort: asyncio.Event | None,
-    ) -> tuple[int, bytes, str | None]:
+    ) -> Answer:
         started = time.monotonic()
         status = "error"
         try:
             async with self._slot():
+                await self._wait_turn(method, template)
                 if abort is not None and abort.is_set():
                     status = "interrupted"
                     raise HubInterrupted(f"{method} {template}: not sent, shutting down")
+                sent = self._now()
                 async with self._get_session().request(
                     method, url, params=params, json=body, headers={"Accept": accept}
                 ) as response:
                     payload = await response.read()
                     status = str(response.status)
-                    return response.status, payload, response.headers.get("Retry-After")
+                    reading = Reading(sent, parse_http_date(response.headers.get("Date")))
+                    return Answer(response.status, payload, reading, response.headers.get("Retry-After"))
+        except HubBackingOff:
+            status = "backing-off"
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             detail = self._redact(str(error))[:200]
             raise HubUnreachable(
@@ -196,6 +256,23 @@ class HubClient:
         finally:
             if self._observer is not None:
                 self._observer(method, template, status, time.monotonic() - started)
+
+    async def _wait_turn(self, method: str, template: str) -> None:
+        """Honour the hub's Retry-After (waiting at most one request timeout for it) and the rate bound."""
+        wait = self.not_before - time.monotonic()
+        if wait > self.request_timeout:
+            raise HubBackingOff(
+                f"{method} {template}: not sent; the hub asked (Retry-After) not to be asked for {wait:.0f}s more"
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if not self._spacing:
+            return
+        async with self._pace_lock:
+            now = time.monotonic()
+            if self._next_slot > now:
+                await asyncio.sleep(self._next_slot - now)
+            self._next_slot = max(now, self._next_slot) + self._spacing
 
     def _redact(self, text: str) -> str:
         """Defence in depth: a proxy or a broken hub may echo the Authorization header back."""
@@ -211,20 +288,43 @@ class HubClient:
     def _slot(self) -> asyncio.Semaphore | _NoLimit:
         return self._limit if self._limit is not None else _NoLimit()
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(MAX_RETRY_AFTER, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
+    def _delay(self, attempt: int) -> float:
         base = min(self.max_backoff, self.backoff * (2**attempt))
         return base * (0.5 + random.random() / 2)
 
+    @staticmethod
+    def _retry_after(answer: Answer) -> float | None:
+        """Seconds the hub asked us to wait (``Retry-After``: seconds or an HTTP-date), capped."""
+        value = (answer.retry_after or "").strip()
+        if not value:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            when = parse_http_date(value)
+            if when is None:
+                return None
+            seconds = (when - (answer.reading.source or answer.reading.sent)).total_seconds()
+        if seconds != seconds:  # NaN
+            return None
+        return min(MAX_RETRY_AFTER, max(0.0, seconds))
+
     async def get_json(
         self, path: str, template: str, params: dict[str, Any] | None = None, accept: str = "application/json"
-    ) -> Any:
-        status, payload = await self.request("GET", path, template, params=params, accept=accept)
-        return self._json(template, status, payload)
+    ) -> tuple[Any, Reading]:
+        answer = await self.request("GET", path, template, params=params, accept=accept)
+        return self._json(template, answer.status, answer.body), self._dated(answer.reading)
+
+    def _dated(self, reading: Reading) -> Reading:
+        """The reading of an answer whose timestamps will be judged: watched, and refused if untrusted."""
+        for line in self.clock.observe(reading):
+            event(log, logging.WARNING, line, skew=f"{self.clock.skew_seconds:+.1f}s")
+        if not self.clock.trusted(reading):
+            raise HubProtocolError(
+                f"the hub's clock is {reading.offset.total_seconds():+.0f}s from ours (over "
+                f"{self.clock.max_skew:g}s): not judging its data until the clocks agree (check NTP on both)"
+            )
+        return reading
 
     def _json(self, template: str, status: int, payload: bytes) -> Any:
         """A GET's decoded 200 answer; any other status or a body that is not JSON raises."""
@@ -237,37 +337,63 @@ class HubClient:
 
     # -- operations -----------------------------------------------------------------------------
 
-    async def list_users(self, state: str = "ready") -> list[dict[str, Any]]:
+    async def list_users(self, state: str = "ready", max_seconds: float = 3600.0) -> list[dict[str, Any]]:
         """All users in ``state``, following pagination; any failure raises (no partial lists)."""
-        return [user async for page in self.user_pages(state) for user in page]
+        return [user async for page in self.user_pages(state, max_seconds) for user in page.users]
 
-    async def user_pages(self, state: str = "ready") -> AsyncIterator[list[dict[str, Any]]]:
+    async def user_pages(self, state: str = "ready", max_seconds: float = 3600.0) -> AsyncIterator[Page]:
         """The users in ``state`` a page at a time, so a big hub's models need not all be held at once.
 
-        A failure raises part way: whoever consumes the pages must then drop what it took from them.
+        The listing is bounded (``culler.listing``): pages and wall time from the first page's ``total``
+        and ``limit``, with ``max_seconds`` the longest it may take. A failure or a breach raises part
+        way: whoever consumes the pages must then drop what it took from them.
         """
-        offset = 0
-        for _ in range(MAX_PAGES):
-            params: dict[str, Any] = {"state": state, "offset": offset, "limit": self.page_size or DEFAULT_PAGE_LIMIT}
-            data = await self.get_json("users", "users", params, accept=PAGINATION_MEDIA_TYPE)
+        began = time.monotonic()
+        limit = self.page_size or DEFAULT_PAGE_LIMIT
+        offset, pages, bounds = 0, 0, None
+        while True:
+            # The first page is bounded by its retries; later ones by the deadline it fixed.
+            remaining = bounds.deadline - (time.monotonic() - began) if bounds else None
+            data, reading = await self._page(state, offset, limit, remaining)
             if isinstance(data, list) and offset == 0:
-                yield data  # a hub without pagination answers every user at once
+                yield Page(data, reading)  # a hub without pagination answers every user at once
                 return
-            items, next_offset = _page(data, offset)
-            yield items
-            if next_offset is None:
+            pages += 1
+            try:
+                info = page_info(data, offset)
+                bounds = bounds or ListingBounds.from_first(info, limit, self.request_timeout, max_seconds)
+                bounds.check(info, pages, time.monotonic() - began)
+            except ListingError as error:
+                raise HubListingError(error.reason, str(error)) from None
+            yield Page(info.items, reading)
+            if info.next_offset is None:
                 return
-            offset = next_offset
-        raise HubProtocolError(f"GET users: more than {MAX_PAGES} pages; giving up on this listing")
+            offset = info.next_offset
+
+    async def _page(self, state: str, offset: int, limit: int, remaining: float | None) -> tuple[Any, Reading]:
+        params: dict[str, Any] = {"state": state, "offset": offset, "limit": limit}
+        if remaining is not None and remaining <= 0:
+            raise HubListingError("deadline", "GET users: the listing ran past its deadline")
+        try:
+            async with asyncio.timeout(remaining):
+                return await self.get_json("users", "users", params, accept=PAGINATION_MEDIA_TYPE)
+        except TimeoutError:
+            raise HubListingError(
+                "deadline", f"GET users: the listing ran past its deadline at offset {offset}"
+            ) from None
 
     async def get_user(self, user: str) -> dict[str, Any] | None:
-        status, payload = await self.request("GET", user_path(user), "users/{name}")
-        if status == 404:
-            return None
-        data = self._json("users/{name}", status, payload)
+        return (await self.read_user(user))[0]
+
+    async def read_user(self, user: str) -> tuple[dict[str, Any] | None, Reading]:
+        """One user's model (``None``: no such user) and the clock reading it was taken at."""
+        answer = await self.request("GET", user_path(user), "users/{name}")
+        if answer.status == 404:
+            return None, answer.reading
+        data = self._json("users/{name}", answer.status, answer.body)
         if not isinstance(data, dict):
             raise HubProtocolError("GET users/{name}: not a user model")
-        return data
+        return data, self._dated(answer.reading)
 
     async def stop_server(
         self, user: str, server: str, *, remove: bool = False, abort: asyncio.Event | None = None
@@ -276,7 +402,8 @@ class HubClient:
         template = "users/{name}/servers/{server}" if server else "users/{name}/server"
         body = {"remove": True} if remove and server else None
         path = server_path(user, server)
-        status, payload = await self.request("DELETE", path, template, body=body, abort=abort)
+        answer = await self.request("DELETE", path, template, body=body, abort=abort)
+        status, payload = answer.status, answer.body
         if status == 204:
             return StopOutcome.STOPPED
         if status == 202:
@@ -329,10 +456,10 @@ class HubClient:
 
     async def delete_user(self, user: str, *, abort: asyncio.Event | None = None) -> bool:
         """True when deleted (or already gone)."""
-        status, payload = await self.request("DELETE", user_path(user), "users/{name}", abort=abort)
-        if status in (204, 404):
+        answer = await self.request("DELETE", user_path(user), "users/{name}", abort=abort)
+        if answer.status in (204, 404):
             return True
-        raise self._error("DELETE", "users/{name}", status, payload)
+        raise self._error("DELETE", "users/{name}", answer.status, answer.body)
 
 
 class _NoLimit:
@@ -341,19 +468,6 @@ class _NoLimit:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
-
-
-def _page(data: Any, offset: int) -> tuple[list[dict[str, Any]], int | None]:
-    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-        raise HubProtocolError("GET users: the answer is neither a paginated object nor a list of users")
-    pagination = data.get("_pagination")
-    nxt = pagination.get("next") if isinstance(pagination, dict) else None
-    if not nxt:
-        return data["items"], None
-    next_offset = nxt.get("offset") if isinstance(nxt, dict) else None
-    if not isinstance(next_offset, int) or next_offset <= offset:
-        raise HubProtocolError(f"GET users: pagination 'next' does not move forward: {str(nxt)[:100]}")
-    return data["items"], next_offset
 
 
 def _snippet(payload: bytes, secret: str = "", limit: int = 200) -> str:

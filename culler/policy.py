@@ -177,6 +177,12 @@ class Policy(_Model):
                 )
         return self
 
+    def shortest_idle(self) -> float | None:
+        """The shortest finite idle limit any rule or the defaults set (None: every limit is never)."""
+        limits = [self.defaults.idle, *(r.idle for r in self.rules if r.idle is not None and not r.exempt)]
+        finite = [limit for limit in limits if not math.isinf(limit)]
+        return min(finite, default=None)
+
     def settle_for(self, rule: Rule | None) -> Settle:
         """The settle section in force for a rule: its own fields over the defaults'."""
         if rule is None or rule.settle is None:

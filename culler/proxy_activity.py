@@ -8,12 +8,19 @@ activity reports, which the hub folds into its ``last_activity``, play no part.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from datetime import datetime
 
 import aiohttp
 
+from culler.clock import ClockWatch, Reading, parse_http_date
 from culler.hub import HubUnreachable
-from culler.timeutil import parse_time
+from culler.logs import event
+from culler.snapshot import Routes
+from culler.timeutil import parse_time, utcnow
+
+log = logging.getLogger("culler.proxy")
 
 RouteActivity = dict[tuple[str, str], datetime]  # (user, server name) -> last traffic
 
@@ -23,8 +30,17 @@ class ProxyActivityError(HubUnreachable):
 
 
 class ProxyActivity:
-    def __init__(self, api_url: str, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        timeout: float = 30.0,
+        clock: ClockWatch | None = None,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.url = api_url.rstrip("/") + "/api/routes"
+        self.clock = clock or ClockWatch("proxy")
+        self._now = now  # our clock (tests move it)
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -32,7 +48,8 @@ class ProxyActivity:
     def __repr__(self) -> str:
         return f"ProxyActivity({self.url!r})"
 
-    async def routes(self) -> RouteActivity:
+    async def routes(self) -> Routes:
+        """Every user-server route's last browser traffic, on our clock (by the proxy's ``Date``)."""
         if not self._token:
             raise ProxyActivityError("no proxy API token: set CONFIGPROXY_AUTH_TOKEN (or CULLER_PROXY_API_TOKEN)")
         try:
@@ -40,9 +57,11 @@ class ProxyActivity:
                 self._session = aiohttp.ClientSession(
                     timeout=self._timeout, headers={"Authorization": f"token {self._token}"}
                 )
+            sent = self._now()
             async with self._session.get(self.url) as response:
                 payload = await response.read()
                 status = response.status
+                reading = Reading(sent, parse_http_date(response.headers.get("Date")))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise ProxyActivityError(
                 f"cannot read the proxy's routes at {self.url} ({type(error).__name__}); is the proxy API "
@@ -51,7 +70,14 @@ class ProxyActivity:
         if status != 200:
             hint = " (check the proxy API token, CONFIGPROXY_AUTH_TOKEN)" if status in (401, 403) else ""
             raise ProxyActivityError(f"GET {self.url}: the proxy answered {status}{hint}")
-        return parse_routes(payload)
+        for line in self.clock.observe(reading):
+            event(log, logging.WARNING, line, skew=f"{self.clock.skew_seconds:+.1f}s")
+        if not self.clock.trusted(reading):
+            raise ProxyActivityError(
+                f"the proxy's clock is {reading.offset.total_seconds():+.0f}s from ours: not judging its routes"
+            )
+        stamps = parse_routes(payload)
+        return Routes({key: stamp - reading.offset for key, stamp in stamps.items()}, reading.sent)
 
     async def close(self) -> None:
         if self._session is not None:

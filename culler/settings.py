@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     concurrency: int = Field(10, ge=0, description="at most this many hub API requests at once (0: unlimited)")
     api_page_size: int = Field(0, ge=0, description="users per page when listing (0: ask for 500, capped by the hub)")
     request_timeout: float = Field(60.0, gt=0, validation_alias=_env("request_timeout", "JUPYTERHUB_REQUEST_TIMEOUT"))
+    max_request_rate: float = Field(100.0, gt=0, description="at most this many hub API requests per second")
+    listing_deadline: Seconds = Field(
+        0, ge=0, description="longest a listing may take (0: one request timeout a page, capped by the interval)"
+    )
+    recheck_fraction: float = Field(
+        0.01,
+        ge=0,
+        description="re-read due servers before stopping when the listing took this share of the shortest idle limit",
+    )
+    clock_skew_warning: Seconds = Field(60, ge=0, description="warn when the hub's or proxy's clock is this far off")
+    max_clock_skew: Seconds = Field(86400, gt=0, description="beyond this skew, stop nothing: a clock is broken")
     ssl_enabled: bool = False
     internal_certs_location: Path = Path("internal-ssl")
 

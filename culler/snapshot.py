@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from culler.clock import Reading
 from culler.timeutil import parse_time
 
 
@@ -26,6 +27,9 @@ class ServerSnapshot:
     ready: bool
     user_options: dict[str, Any] = field(default_factory=dict)
     activity_error: str | None = None  # the activity source could not say: never stop on a guess
+    # Our clock when the source answered with this data: the "now" it is judged at. Its times above are
+    # on our clock too (see culler.clock); None when no reading was given (tests, plain data).
+    observed_at: datetime | None = None
 
     @property
     def key(self) -> str:
@@ -49,6 +53,7 @@ class UserSnapshot:
     last_activity: datetime | None
     created: datetime | None
     has_servers: bool
+    observed_at: datetime | None = None  # as for servers
 
 
 def _groups(model: dict[str, Any]) -> tuple[str, ...] | None:
@@ -69,18 +74,27 @@ def _user_name(model: object) -> str:
     return name
 
 
-def servers_of(model: object) -> list[ServerSnapshot]:
-    """Every server of one user model. Raises ``SnapshotError`` when the model is not trustworthy."""
+def _time(value: object, reading: Reading | None) -> datetime | None:
+    stamp = parse_time(value)
+    return reading.local(stamp) if reading is not None else stamp
+
+
+def servers_of(model: object, reading: Reading | None = None) -> list[ServerSnapshot]:
+    """Every server of one user model, its times put on our clock by ``reading`` (the answer it came in).
+    Raises ``SnapshotError`` when the model is not trustworthy."""
     name = _user_name(model)
     assert isinstance(model, dict)
     servers = model.get("servers")
     if not isinstance(servers, dict):
         raise SnapshotError(f"user {name!r} has no 'servers' map: does the token have the read:servers scope?")
     groups = _groups(model)
-    return [_server(name, bool(model.get("admin")), groups, key, value) for key, value in servers.items()]
+    admin = bool(model.get("admin"))
+    return [_server(name, admin, groups, key, value, reading) for key, value in servers.items()]
 
 
-def _server(user: str, admin: bool, groups: tuple[str, ...] | None, key: str, model: object) -> ServerSnapshot:
+def _server(
+    user: str, admin: bool, groups: tuple[str, ...] | None, key: str, model: object, reading: Reading | None
+) -> ServerSnapshot:
     if not isinstance(model, dict):
         raise SnapshotError(f"server {user}/{key}: model is not an object")
     options = model.get("user_options") or {}
@@ -92,17 +106,18 @@ def _server(user: str, admin: bool, groups: tuple[str, ...] | None, key: str, mo
             name=str(model.get("name", key)),
             admin=admin,
             groups=groups,
-            last_activity=parse_time(model.get("last_activity")),
-            started=parse_time(model.get("started")),
+            last_activity=_time(model.get("last_activity"), reading),
+            started=_time(model.get("started"), reading),
             pending=model.get("pending") or None,
             ready=bool(model.get("ready")),
             user_options=options,
+            observed_at=reading.sent if reading is not None else None,
         )
     except ValueError as error:
         raise SnapshotError(f"server {user}/{key}: {error}") from error
 
 
-def user_of(model: object) -> UserSnapshot:
+def user_of(model: object, reading: Reading | None = None) -> UserSnapshot:
     """A user, for deletion. Raises ``SnapshotError`` when the model cannot say whether servers are running."""
     name = _user_name(model)
     assert isinstance(model, dict)
@@ -114,23 +129,32 @@ def user_of(model: object) -> UserSnapshot:
             name=name,
             admin=bool(model.get("admin")),
             groups=_groups(model),
-            last_activity=parse_time(model.get("last_activity")),
-            created=parse_time(model.get("created")),
+            last_activity=_time(model.get("last_activity"), reading),
+            created=_time(model.get("created"), reading),
             has_servers=bool(model.get("servers")),
+            observed_at=reading.sent if reading is not None else None,
         )
     except ValueError as error:
         raise SnapshotError(f"user {name!r}: {error}") from error
 
 
-def with_route_activity(
-    servers: list[ServerSnapshot], routes: Mapping[tuple[str, str], datetime]
-) -> list[ServerSnapshot]:
-    """Servers with ``last_activity`` taken from the proxy's routes (browser traffic only)."""
+@dataclass(frozen=True)
+class Routes:
+    """The proxy's route activity, on our clock, and our clock when the proxy answered."""
+
+    activity: Mapping[tuple[str, str], datetime]  # (user, server name) -> last browser traffic
+    observed_at: datetime | None = None
+
+
+def with_route_activity(servers: list[ServerSnapshot], routes: Routes) -> list[ServerSnapshot]:
+    """Servers with ``last_activity`` taken from the proxy's routes (browser traffic only), judged as of
+    the proxy's answer."""
     result = []
     for server in servers:
-        stamp = routes.get((server.user, server.name))
+        stamp = routes.activity.get((server.user, server.name))
+        seen = routes.observed_at or server.observed_at
         if stamp is not None:
-            result.append(replace(server, last_activity=stamp))
+            result.append(replace(server, last_activity=stamp, observed_at=seen))
         elif server.ready and not server.pending:
             result.append(replace(server, activity_error="the proxy has no route for this server"))
         else:

@@ -8,6 +8,7 @@ as Retry-After), a body that is not JSON or JSON of the wrong shape, a delay, or
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import socket
 import time
@@ -31,6 +32,11 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_http_date(value: datetime) -> str:
+    """An HTTP Date header value (second resolution, as servers send it)."""
+    return email.utils.format_datetime(value.astimezone(timezone.utc), usegmt=True)
 
 
 def free_port() -> int:
@@ -82,6 +88,7 @@ class FakeHub:
         max_limit: int = 200,
         stop_delay: float = 0.0,
         touch_on_stop: datetime | Callable[[], datetime] | None = None,
+        date: Callable[[], datetime | None] | None = None,
     ) -> None:
         self.token = token
         self.paginate = paginate  # False: an old hub that answers every user as a plain list
@@ -91,6 +98,9 @@ class FakeHub:
         # a completed (204) stop sets the user's last_activity to this time (a callable: its answer at the
         # stop), as JupyterHub's ``User.stop`` sets it to now; None leaves the user alone
         self.touch_on_stop = touch_on_stop
+        # the hub's clock for the Date header of every answer (None: aiohttp's, i.e. ours; a None answer:
+        # an empty Date, which clients treat as none); fakes a skewed or a test-frozen hub clock
+        self.date = date
         self.auth_status = 401  # the answer to a wrong token
         self.slow_stops: dict[tuple[str, str], float] = {}  # server -> seconds until a 202'd stop completes
         self.users: dict[str, dict[str, Any]] = {}
@@ -251,23 +261,30 @@ class FakeHub:
         request[BODY_KEY] = body
         self.in_flight[request.method] += 1
         self.max_in_flight[request.method] = max(self.max_in_flight[request.method], self.in_flight[request.method])
+        when = self.date() if self.date is not None else None  # as Tornado: the time the request started
         try:
-            fault = self._take_fault(record)
-            if fault is not None:
-                if fault.delay:
-                    await asyncio.sleep(fault.delay)
-                if fault.drop:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return web.Response(status=500)
-                if fault.status is not None:
-                    return self._fault_response(fault)
-            if not self._authorized(request):
-                status = self.auth_status
-                return web.json_response({"status": status, "message": "Missing or invalid credentials"}, status=status)
-            return await handler(request)
+            response = await self._answer(request, handler, record)
         finally:
             self.in_flight[request.method] -= 1
+        if self.date is not None:
+            response.headers["Date"] = "" if when is None else format_http_date(when)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Callable[..., Any], record: Request) -> web.StreamResponse:
+        fault = self._take_fault(record)
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.drop:
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=500)
+            if fault.status is not None:
+                return self._fault_response(fault)
+        if not self._authorized(request):
+            status = self.auth_status
+            return web.json_response({"status": status, "message": "Missing or invalid credentials"}, status=status)
+        return await handler(request)
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")

@@ -33,7 +33,7 @@ def not_first_page(request: Any) -> bool:
 
 @pytest.fixture
 def fake() -> FakeHub:
-    return FakeHub()
+    return FakeHub(date=lambda: NOW)  # the hub's clock agrees with the culler's frozen one
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[Culle
             retries=2,
             backoff=0.01,
             max_backoff=0.02,
+            now=lambda: NOW,
         )
         clients.append(client)
         defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
@@ -419,7 +420,7 @@ async def make_settling_culler(fake: FakeHub, aiohttp_server: Any, tmp_path: Any
     cullers: list[Culler] = []
 
     def factory(**options: Any) -> Culler:
-        client = HubClient(str(server.make_url(API)), fake.token, retries=0, request_timeout=5.0)
+        client = HubClient(str(server.make_url(API)), fake.token, retries=0, request_timeout=5.0, now=lambda: NOW)
         probe = TreeScanProbe(str(tmp_path / "{username}"), budget=1.0)
         defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
         culler = Culler(client, CycleOptions(**{**defaults, **options}), clock=lambda: NOW, probes={"tree-scan": probe})

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fakehub import API, FakeHub, free_port, iso
+from fakehub import API, FakeHub, format_http_date, free_port, iso
 
 from culler.cycle import Culler, CycleOptions, Result
 from culler.decide import Action, evaluate
 from culler.hub import HubClient
 from culler.policy import Policy
 from culler.proxy_activity import ProxyActivity, ProxyActivityError, parse_routes
-from culler.snapshot import ServerSnapshot, with_route_activity
+from culler.snapshot import Routes, ServerSnapshot, with_route_activity
 
 NOW = datetime(2026, 11, 26, 4, 0, tzinfo=timezone.utc)
 POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})
@@ -110,7 +110,7 @@ def snapshot(user: str, name: str = "", **overrides: Any) -> ServerSnapshot:
 def test_route_times_replace_the_hubs_last_activity() -> None:
     servers = [snapshot("alice"), snapshot("alice", "lab", last_activity=ago(days=3))]
     routes = {("alice", ""): ago(hours=5), ("alice", "lab"): ago(minutes=2)}
-    merged = with_route_activity(servers, routes)
+    merged = with_route_activity(servers, Routes(routes))
     assert [s.last_activity for s in merged] == [ago(hours=5), ago(minutes=2)]
     assert all(s.activity_error is None for s in merged)
     assert evaluate(POLICY, merged[0], NOW).action is Action.STOP  # idle by the proxy, though active by the hub
@@ -118,7 +118,7 @@ def test_route_times_replace_the_hubs_last_activity() -> None:
 
 
 def test_a_ready_server_without_a_route_is_never_stopped() -> None:
-    [merged] = with_route_activity([snapshot("dave", last_activity=ago(days=30))], {})
+    [merged] = with_route_activity([snapshot("dave", last_activity=ago(days=30))], Routes({}))
     assert merged.activity_error is not None and "no route" in merged.activity_error
     decision = evaluate(POLICY, merged, NOW)
     assert decision.action is Action.KEEP and decision.error == merged.activity_error
@@ -126,7 +126,7 @@ def test_a_ready_server_without_a_route_is_never_stopped() -> None:
 
 def test_a_pending_server_without_a_route_is_left_to_the_pending_rule() -> None:
     pending = snapshot("erin", pending="spawn", ready=False)
-    [merged] = with_route_activity([pending], {})
+    [merged] = with_route_activity([pending], Routes({}))
     assert merged == pending
     assert evaluate(POLICY, merged, NOW).action is Action.SKIP
 
@@ -142,6 +142,7 @@ class FakeProxy:
         self.status = 200
         self.body: bytes | None = None
         self.requests: list[str] = []
+        self.date: datetime | None = NOW  # the proxy's clock for its Date header
 
     def route(self, user: str, name: str = "", last_activity: datetime | None = None) -> None:
         path = f"/user/{user}" + (f"/{name}" if name else "")
@@ -151,6 +152,12 @@ class FakeProxy:
         self.routes[path] = data
 
     async def handle(self, request: web.Request) -> web.Response:
+        response = await self._answer(request)
+        if self.date is not None:
+            response.headers["Date"] = format_http_date(self.date)
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         self.requests.append(request.headers.get("Authorization", ""))
         if request.headers.get("Authorization") != f"token {PROXY_TOKEN}":
             return web.Response(status=403)
@@ -171,7 +178,7 @@ CullerFactory = Callable[..., Culler]
 
 @pytest.fixture
 def fake() -> FakeHub:
-    return FakeHub()
+    return FakeHub(date=lambda: NOW)
 
 
 @pytest.fixture
@@ -187,12 +194,14 @@ async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[Culle
     cullers: list[Culler] = []
 
     def factory(proxy_api: str, token: str = PROXY_TOKEN) -> Culler:
-        client = HubClient(str(hub.make_url(API)), fake.token, retries=0, backoff=0.01, request_timeout=2.0)
+        client = HubClient(
+            str(hub.make_url(API)), fake.token, retries=0, backoff=0.01, request_timeout=2.0, now=lambda: NOW
+        )
         culler = Culler(
             client,
             CycleOptions(max_stop_fraction=1.0, follow_up_interval=0.05, follow_up_timeout=2.0),
             clock=lambda: NOW,
-            activity=ProxyActivity(proxy_api, token, timeout=2.0),
+            activity=ProxyActivity(proxy_api, token, timeout=2.0, now=lambda: NOW),
         )
         cullers.append(culler)
         return culler
@@ -253,7 +262,7 @@ async def test_a_proxy_api_failure_stops_nothing(
     proxy.status, proxy.body = 200, None
     assert culler.activity is not None
     await culler.activity.close()
-    culler.activity = ProxyActivity(proxy_url[1], PROXY_TOKEN, timeout=2.0)
+    culler.activity = ProxyActivity(proxy_url[1], PROXY_TOKEN, timeout=2.0, now=lambda: NOW)
     report = await culler.run(POLICY)
     assert report.ok and report.results == {"alice/": Result.STOPPED}
 

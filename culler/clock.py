@@ -1,0 +1,89 @@
+"""Whose clock a timestamp is on (pure, no I/O).
+
+The hub stamps its models with its own clock, the proxy its routes with its own; both send a ``Date``
+header with every answer (Tornado sets it when the request starts, before the data is read, so it errs
+towards "less idle"). A ``Reading`` pairs that header with our clock when the request was sent, so a
+source's timestamps can be put on our clock: ``idle = reading.sent - reading.local(stamp)`` is exactly
+``Date - stamp``, the idle time by the source's own clock when it answered, whatever our clock says.
+Countdowns compare such local times with our ``utcnow()``, which only needs our clock to tick at the
+right rate, not to agree with the source's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+
+# Beyond this the source's or our clock is broken: data judged with either cannot be trusted.
+DEFAULT_MAX_SKEW = 86400.0
+DEFAULT_SKEW_WARNING = 60.0
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (``Tue, 01 Dec 2026 20:53:46 GMT``) as an aware UTC datetime; ``None`` if absent or garbage."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One answer of a source: our clock when the request went out, and the source's ``Date`` (if any)."""
+
+    sent: datetime
+    source: datetime | None = None
+
+    @property
+    def offset(self) -> timedelta:
+        """The source's clock minus ours (zero without a ``Date``: then ours decides)."""
+        return self.source - self.sent if self.source is not None else timedelta(0)
+
+    def local(self, stamp: datetime | None) -> datetime | None:
+        """A timestamp of the source's, on our clock."""
+        return None if stamp is None else stamp - self.offset
+
+
+@dataclass
+class ClockWatch:
+    """What one source's clock looks like from here: the latest skew, and whether it can be trusted.
+
+    ``observe`` returns the events worth one log line each (a missing ``Date`` the first time, a skew
+    crossing the warning level, a skew beyond trust); the caller logs them and counts.
+    """
+
+    source: str
+    warn_at: float = DEFAULT_SKEW_WARNING
+    max_skew: float = DEFAULT_MAX_SKEW
+    skew_seconds: float = 0.0
+    undated: int = 0  # answers without a usable Date (our clock was used for them)
+    _said: set[str] = field(default_factory=set)
+
+    def observe(self, reading: Reading) -> list[str]:
+        if reading.source is None:
+            self.undated += 1
+            return self._once("undated", f"the {self.source} sent no Date header: judging its data by our clock")
+        self.skew_seconds = reading.offset.total_seconds()
+        size = abs(self.skew_seconds)
+        if size <= self.warn_at:
+            self._said.discard("skew")
+            return []
+        return self._once("skew", f"the {self.source}'s clock is {self.skew_seconds:+.0f}s from ours (check NTP)")
+
+    def trusted(self, reading: Reading) -> bool:
+        return (
+            reading.source is None or abs(reading.offset.total_seconds()) <= self.max_skew or math.isinf(self.max_skew)
+        )
+
+    def _once(self, key: str, line: str) -> list[str]:
+        if key in self._said:
+            return []
+        self._said.add(key)
+        return [line]
