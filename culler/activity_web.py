@@ -20,6 +20,7 @@ from aiohttp import web
 
 from culler.activity import admin_view, for_user, humanize, server_name
 from culler.hub import HubClient, HubError, HubProtocolError
+from culler.ttlmap import TTLMap
 from culler.web import READ_ALL_SERVERS, TokenCache, bearer_token
 
 log = logging.getLogger("culler.activity_web")
@@ -86,8 +87,9 @@ class ActivityWeb:
         self.history = history
         self.identify = TokenCache(identify).get
         self.oauth = oauth
-        self.sessions: dict[str, dict[str, Any]] = {}  # session id -> identity, expiry
-        self.states: dict[str, float] = {}  # pending OAuth states -> expiry
+        ttl = oauth.session_ttl if oauth is not None else 8 * 3600.0
+        self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS, clock=lambda: time.monotonic())
+        self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS, clock=lambda: time.monotonic())
         self._http: aiohttp.ClientSession | None = None
 
     # --- the API -----------------------------------------------------------------------------------
@@ -117,13 +119,7 @@ class ActivityWeb:
     # --- the browser login -------------------------------------------------------------------------
     def _session(self, request: web.Request) -> Identity | None:
         sid = request.cookies.get(SESSION_COOKIE)
-        session = self.sessions.get(sid) if sid else None
-        if session is None:
-            return None
-        if session["expires"] <= time.monotonic():
-            self.sessions.pop(str(sid), None)
-            return None
-        return session["identity"]
+        return self.sessions.get(sid) if sid else None
 
     def _cookie(self, response: web.StreamResponse, name: str, value: str, max_age: float) -> None:
         assert self.oauth is not None
@@ -145,12 +141,8 @@ class ActivityWeb:
 
     def _login_redirect(self) -> web.StreamResponse:
         assert self.oauth is not None
-        now = time.monotonic()
-        self.states = {s: t for s, t in self.states.items() if t > now}
-        if len(self.states) > MAX_SESSIONS:
-            self.states.clear()
         state = secrets.token_urlsafe(24)
-        self.states[state] = now + STATE_TTL
+        self.states.put(state, True)
         query = urlencode(
             {
                 "client_id": self.oauth.client_id,
@@ -167,8 +159,8 @@ class ActivityWeb:
         assert self.oauth is not None
         state = request.query.get("state", "")
         expected = request.cookies.get(STATE_COOKIE, "")
-        expiry = self.states.pop(state, 0.0) if state else 0.0
-        if not state or not secrets.compare_digest(state, expected) or expiry <= time.monotonic():
+        pending = self.states.pop(state) if state else None
+        if not state or not secrets.compare_digest(state, expected) or not pending:
             return web.Response(status=400, text="OAuth state mismatch: start again from the service page\n")
         code = request.query.get("code")
         if not code:
@@ -186,22 +178,12 @@ class ActivityWeb:
             return web.Response(status=502, text=f"{error}\n")
         if identity is None:
             return web.Response(status=403, text="the hub does not accept the login token\n")
-        self._prune_sessions()
         sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = {
-            "identity": identity,
-            "expires": time.monotonic() + self.oauth.session_ttl,
-        }
+        self.sessions.put(sid, identity)
         response = web.Response(status=302, headers={"Location": self.prefix})
         self._cookie(response, SESSION_COOKIE, sid, self.oauth.session_ttl)
         response.del_cookie(STATE_COOKIE, path=self.prefix)
         return response
-
-    def _prune_sessions(self) -> None:
-        now = time.monotonic()
-        self.sessions = {k: v for k, v in self.sessions.items() if v["expires"] > now}
-        while len(self.sessions) >= MAX_SESSIONS:
-            self.sessions.pop(next(iter(self.sessions)))
 
     async def _exchange(self, code: str) -> str | None:
         """The access token for an authorization code (``None``: the hub refused the code)."""
@@ -230,7 +212,7 @@ class ActivityWeb:
     async def logout(self, request: web.Request) -> web.StreamResponse:
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
-            self.sessions.pop(sid, None)
+            self.sessions.pop(sid)
         response = web.Response(text="logged out of the activity page\n")
         response.del_cookie(SESSION_COOKIE, path=self.prefix)
         return response

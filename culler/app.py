@@ -30,7 +30,7 @@ from culler.settings import Settings
 from culler.timeutil import utcnow
 from culler.treescan import TreeScanProbe
 from culler.warnings import WarningSender
-from culler.web import make_app, make_metrics_app
+from culler.web import make_app, make_metrics_app, make_unready_app
 
 log = logging.getLogger("culler.app")
 
@@ -108,6 +108,43 @@ def cycle_options(settings: Settings) -> CycleOptions:
         listing_deadline=settings.listing_deadline,
         recheck_fraction=settings.recheck_fraction,
     )
+
+
+async def bind(runner: web.AppRunner, url: str, prefix: str) -> None:
+    """Listen; if the port is taken, say so once and keep culling while retrying (exiting would
+    make the hub restart the service in a tight loop)."""
+    where = urlsplit(url)
+    site = web.TCPSite(runner, where.hostname or "127.0.0.1", where.port or 10101)
+    failed = False
+    while True:
+        try:
+            await site.start()
+        except OSError as error:
+            if not failed:
+                event(
+                    log, logging.ERROR, "cannot listen; retrying every 10s", url=url, error=error.strerror or str(error)
+                )
+            failed = True
+            await asyncio.sleep(10)
+            continue
+        event(log, logging.INFO, "listening", url=url, prefix=prefix)
+        return
+
+
+async def serve_unready(reason: str, bind_url: str, prefix: str) -> int:
+    """Under a hub, a service with bad settings keeps serving, unready, until it is stopped (see
+    ``make_unready_app``); it culls nothing."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(make_unready_app(prefix, reason), handle_signals=False, access_log=None)
+    await runner.setup()
+    task = asyncio.create_task(bind(runner, bind_url, prefix))
+    await stop.wait()
+    task.cancel()
+    await runner.cleanup()
+    return 0
 
 
 class Service:
@@ -249,28 +286,7 @@ class Service:
         return runner
 
     async def _bind(self, runner: web.AppRunner, url: str) -> None:
-        """Listen; if the port is taken, say so once and keep culling while retrying (exiting would
-        make the hub restart the service in a tight loop)."""
-        bind = urlsplit(url)
-        site = web.TCPSite(runner, bind.hostname or "127.0.0.1", bind.port or 10101)
-        failed = False
-        while True:
-            try:
-                await site.start()
-            except OSError as error:
-                if not failed:
-                    event(
-                        log,
-                        logging.ERROR,
-                        "cannot listen; retrying every 10s",
-                        url=url,
-                        error=error.strerror or str(error),
-                    )
-                failed = True
-                await asyncio.sleep(10)
-                continue
-            event(log, logging.INFO, "listening", url=url, prefix=self.settings.service_prefix)
-            return
+        await bind(runner, url, self.settings.service_prefix)
 
     def _start_scheduler(self) -> AsyncIOScheduler:
         interval = self.settings.interval

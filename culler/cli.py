@@ -11,13 +11,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 from pydantic import ValidationError
 
 from culler import __version__
-from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings
+from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings, serve_unready
 from culler.cycle import Culler, snapshots
 from culler.decide import Decision, evaluate
 from culler.durations import format_duration
@@ -42,6 +42,7 @@ from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, with_rout
 from culler.timeutil import utcnow
 
 PROG = "jupyterhub-activity-culler"
+DEFAULT_BIND = "http://127.0.0.1:10101"
 USAGE_ERROR = 2
 
 _BOOL_FLAGS = (
@@ -121,8 +122,15 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(_flag(name), dest=name, nargs="?", const="", help=argparse.SUPPRESS)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags raise ``UsageError`` (a hub-managed service must not exit on them: see ``serve``)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         argument_default=argparse.SUPPRESS,
         description="Stop JupyterHub servers nobody has reached through the browser for too long. "
@@ -178,7 +186,48 @@ def flags_policy(settings: Settings) -> Policy:
     )
 
 
+def managed_by_hub(argv: Sequence[str]) -> bool:
+    """Whether this process is a hub-managed service that keeps running (not a ``--once`` run): the hub
+    sets ``JUPYTERHUB_SERVICE_NAME`` for the services it starts."""
+    once = [a.partition("=")[2] or "true" for a in argv if a == "--once" or a.startswith("--once=")]
+    once_env = os.environ.get("CULLER_ONCE", "")
+    said_once = (once[-1] if once else once_env).lower() in ("1", "true", "yes", "on")
+    return bool(os.environ.get("JUPYTERHUB_SERVICE_NAME")) and not said_once
+
+
 def serve(argv: Sequence[str]) -> int:
+    try:
+        return _serve(argv)
+    except UsageError as error:
+        if not managed_by_hub(argv):
+            raise
+        # The hub exits at start if a managed service with a url is down, and restarts one that exits
+        # later at once: keep serving, unready, and say why once.
+        setup_logging("text", "INFO", _env_secrets())
+        reason = str(error)
+        logging.getLogger("culler").error("invalid settings; serving health 503 and culling nothing: %s", reason)
+        bind_url = _given(argv, "bind_url", "JUPYTERHUB_SERVICE_URL") or DEFAULT_BIND
+        prefix = _given(argv, "service_prefix", "JUPYTERHUB_SERVICE_PREFIX") or "/"
+        return asyncio.run(serve_unready(reason, bind_url, prefix))
+
+
+def _given(argv: Sequence[str], name: str, hub_variable: str) -> str | None:
+    """A setting read without the settings (they did not validate): the flag, else its variables."""
+    flag = _flag(name)
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.environ.get(f"CULLER_{name.upper()}") or os.environ.get(hub_variable)
+
+
+def _env_secrets() -> list[str]:
+    names = ("JUPYTERHUB_API_TOKEN", "CULLER_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "CULLER_PROXY_API_TOKEN")
+    return [os.environ[name] for name in (*names, "CULLER_WARN_URL", "CULLER_WARN_SECRET") if os.environ.get(name)]
+
+
+def _serve(argv: Sequence[str]) -> int:
     values = vars(_serve_parser().parse_args(argv))
     settings = settings_from(values)
     setup_logging(settings.log_format, settings.log_level, settings.secrets())
@@ -194,7 +243,8 @@ def serve(argv: Sequence[str]) -> int:
     culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings))
     warnings = make_warnings(settings)
     culler.listeners += [metrics] + ([warnings] if warnings else [])
-    metrics.watch(store, culler.settler, warnings)
+    clocks = [hub.clock] + ([culler.activity.clock] if culler.activity is not None else [])
+    metrics.watch(store, culler.settler, warnings, clocks)
     if store.state.policy is not None:
         metrics.known_rules(rule.id for rule in store.state.policy.rules)
     service = Service(settings, store, culler, metrics)

@@ -17,15 +17,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from culler.clock import ClockWatch
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.listing import REASONS as LISTING_FAILURES
 from culler.policy_store import PolicyStore
 from culler.settler import Settler
 from culler.timeutil import utcnow
 from culler.warnings import WarningSender
 
 PREFIX = "activity_culler"
-STOP_OUTCOMES = ("stopped", "slow-stopping", "gone", "failed", "would-stop")
+STOP_OUTCOMES = ("stopped", "slow-stopping", "gone", "failed", "would-stop", "kept-on-recheck")
 SERVER_STATES = ("ready", "pending", "settling", "exempt", "keep", "due")
 ENDPOINTS = (
     ("GET", "users"),
@@ -43,6 +45,15 @@ class Metrics:
         self.per_server = per_server
         self._settler: Settler | None = None
         r = self.registry
+        self.listing_failures = Counter(
+            f"{PREFIX}_listing_failures",
+            "Listings that failed (no stops that cycle), by the bound broken or 'error'",
+            ["reason"],
+            registry=r,
+        )
+        self.listed_twice = Counter(
+            f"{PREFIX}_servers_listed_twice", "Servers a listing returned more than once (judged once)", registry=r
+        )
         self.cycles = Counter(f"{PREFIX}_cycles", "Cull cycles run, by result", ["result"], registry=r)
         self.cycle_duration = Histogram(
             f"{PREFIX}_cycle_duration_seconds",
@@ -83,6 +94,8 @@ class Metrics:
     def _precreate(self) -> None:
         for result in ("ok", "failed"):
             self.cycles.labels(result)
+        for reason in (*LISTING_FAILURES, "error"):
+            self.listing_failures.labels(reason)
         for state in SERVER_STATES:
             self.servers.labels(state)
         for outcome in STOP_OUTCOMES:
@@ -90,10 +103,16 @@ class Metrics:
         for method, endpoint in ENDPOINTS:
             self.request_duration.labels(method, endpoint)
 
-    def watch(self, store: PolicyStore, settler: Settler, warnings: WarningSender | None = None) -> None:
-        """Read the policy's, the settler's and the warning sender's figures at scrape time."""
+    def watch(
+        self,
+        store: PolicyStore,
+        settler: Settler,
+        warnings: WarningSender | None = None,
+        clocks: Iterable[ClockWatch] = (),
+    ) -> None:
+        """Read the policy's, the settler's, the warning sender's and the clocks' figures at scrape time."""
         self._settler = settler
-        self.registry.register(_LiveCollector(store, settler, warnings))
+        self.registry.register(_LiveCollector(store, settler, warnings, list(clocks)))
 
     def known_rules(self, rule_ids: Iterable[str]) -> None:
         for rule in rule_ids:
@@ -109,8 +128,11 @@ class Metrics:
     def cycle_done(self, report: CycleReport) -> None:
         self.cycles.labels("ok" if report.ok else "failed").inc()
         self.cycle_duration.observe(report.duration)
+        if report.listing_failure is not None:
+            self.listing_failures.labels(report.listing_failure).inc()
         if not report.ok:
             return
+        self.listed_twice.inc(report.duplicates)
         self.last_success.set(time.time())
         self._count_servers(report)
         if report.guard is not None:
@@ -156,10 +178,13 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, store: PolicyStore, settler: Settler, warnings: WarningSender | None) -> None:
+    def __init__(
+        self, store: PolicyStore, settler: Settler, warnings: WarningSender | None, clocks: list[ClockWatch]
+    ) -> None:
         self.store = store
         self.settler = settler
         self.warnings = warnings
+        self.clocks = clocks
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
         state = self.store.state
@@ -196,3 +221,17 @@ class _LiveCollector(Collector):
             warned.add_metric([kind, "sent"], self.warnings.sent[kind] if self.warnings else 0)
             warned.add_metric([kind, "failed"], self.warnings.failed[kind] if self.warnings else 0)
         yield warned
+        yield from self._clocks()
+
+    def _clocks(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        skew = GaugeMetricFamily(
+            f"{PREFIX}_clock_skew_seconds", "The source's clock minus ours, by its latest Date", labels=["source"]
+        )
+        undated = CounterMetricFamily(
+            f"{PREFIX}_undated_answers", "Answers without a Date header (judged by our clock)", labels=["source"]
+        )
+        for clock in self.clocks:
+            skew.add_metric([clock.source], clock.skew_seconds)
+            undated.add_metric([clock.source], clock.undated)
+        yield skew
+        yield undated

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 from aiohttp import web
 
 from culler.hub import HubError
+from culler.ttlmap import TTLMap
 
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]
 SettlingFn = Callable[[], list[dict[str, object]]]
@@ -33,20 +34,18 @@ class TokenCache(Generic[T]):
     """The hub's answer about each caller token (its scopes, or who owns it), kept ``ttl`` seconds and keyed by
     the token's hash, so the cache never holds a token. ``None`` (the hub refused the token) is kept too."""
 
-    def __init__(self, ask_hub: Callable[[str], Awaitable[T | None]], ttl: float = 60.0) -> None:
+    def __init__(self, ask_hub: Callable[[str], Awaitable[T | None]], ttl: float = 60.0, cap: int = 1000) -> None:
         self.ask_hub = ask_hub
-        self.ttl = ttl
-        self._seen: dict[str, tuple[float, T | None]] = {}
+        # the answer is boxed so that a refused token (None) is cached too
+        self._seen: TTLMap[str, tuple[T | None]] = TTLMap(ttl, cap, clock=lambda: time.monotonic())
 
     async def get(self, token: str) -> T | None:
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._seen.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached[0]
         answer = await self.ask_hub(token)
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = (time.monotonic() + self.ttl, answer)
+        self._seen.put(key, (answer,))
         return answer
 
 
@@ -101,6 +100,26 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     if not scopes & {f"access:services!service={name}", "access:services"}:
         return web.json_response({"error": f"needs a token with access:services!service={name}"}, status=403)
     return await request.app[METRICS_KEY](request)
+
+
+def make_unready_app(prefix: str, reason: str) -> web.Application:
+    """What a hub-managed service serves when its settings are wrong: ``health`` 503 with the reason,
+    ``live`` 200 and a 200 page at the prefix, so that the hub's start-up check of its url passes and
+    the hub is not taken down with it. Nothing is culled until the settings are fixed and it restarts."""
+    body = {"status": "unavailable", "reason": f"invalid settings: {reason}", "cycles": 0}
+    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+
+    async def unready(request: web.Request) -> web.Response:
+        return web.json_response(body, status=503)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"jupyterhub-activity-culler is not running: invalid settings: {reason}\n")
+
+    app = web.Application()
+    app.router.add_get(prefix + "health", unready)
+    app.router.add_get(prefix + "live", live)
+    app.router.add_get(prefix, page)
+    return app
 
 
 def make_metrics_app(handler: Handler) -> web.Application:

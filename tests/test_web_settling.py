@@ -102,9 +102,9 @@ async def test_repeated_requests_ask_the_hub_once_and_the_cache_holds_no_token(c
         assert (await client.get(URL, headers={"Authorization": "token not-a-hub-token"})).status == 403
     assert client.scopes.calls == ["reader-token-00002", "not-a-hub-token"]
     cache: TokenCache = client.server.app[TOKENS_KEY]
-    keys = set(cache._seen)
+    keys = set(cache._seen.keys())
     assert keys == {hashlib.sha256(t.encode()).hexdigest() for t in ("reader-token-00002", "not-a-hub-token")}
-    stored = repr(cache._seen)
+    stored = repr(cache._seen._entries)
     assert "reader-token-00002" not in stored and "not-a-hub-token" not in stored
 
 
@@ -127,7 +127,12 @@ async def test_the_cache_stays_bounded() -> None:
     cache = TokenCache(scopes, ttl=60)
     for index in range(2500):
         await cache.get(f"token-{index}")
-    assert len(cache._seen) <= 1001
+    assert len(cache._seen) == 1000
+    await cache.get("token-2499")  # the newest are still cached: the oldest went one at a time, no cliff
+    await cache.get("token-1500")
+    assert len(scopes.calls) == 2500
+    await cache.get("token-0")  # the oldest is gone: asked again
+    assert len(scopes.calls) == 2501
 
 
 async def test_a_hub_that_cannot_answer_gets_502_and_is_asked_again(aiohttp_client: Any) -> None:
