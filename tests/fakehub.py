@@ -101,6 +101,8 @@ class FakeHub:
         # the hub's clock for the Date header of every answer (None: aiohttp's, i.e. ours; a None answer:
         # an empty Date, which clients treat as none); fakes a skewed or a test-frozen hub clock
         self.date = date
+        self.runaway_next = False  # True: every page has a 'next', past the real total (a buggy hub or proxy)
+        self.on_list: Callable[[int], None] | None = None  # called with each listing's offset before answering
         self.auth_status = 401  # the answer to a wrong token
         self.slow_stops: dict[tuple[str, str], float] = {}  # server -> seconds until a 202'd stop completes
         self.users: dict[str, dict[str, Any]] = {}
@@ -336,11 +338,13 @@ class FakeHub:
             return web.json_response(users)
         offset = int(request.query.get("offset", 0))
         limit = min(int(request.query.get("limit", self.default_limit)) or self.default_limit, self.max_limit)
+        if self.on_list is not None:
+            self.on_list(offset)  # it may touch the models listed (the same dicts)
         page = users[offset : offset + limit]
         if PAGINATION_MEDIA_TYPE not in request.headers.get("Accept", ""):
             return web.json_response(page)
         nxt = None
-        if offset + limit < len(users):
+        if offset + limit < len(users) or self.runaway_next:
             url = f"{API}/users?state={state or ''}&offset={offset + limit}&limit={limit}"
             nxt = {"offset": offset + limit, "limit": limit, "url": url}
         pagination = {"offset": offset, "limit": limit, "total": len(users), "next": nxt}
