@@ -19,6 +19,11 @@ from email.utils import parsedate_to_datetime
 # Beyond this the source's or our clock is broken: data judged with either cannot be trusted.
 DEFAULT_MAX_SKEW = 86400.0
 DEFAULT_SKEW_WARNING = 60.0
+# A Date has one-second resolution and a request takes a while, so each answer's offset jitters by a
+# second or so. The offset used to put timestamps on our clock moves only when a reading leaves this band:
+# otherwise an unchanged timestamp would land on a slightly different local time at every read (and look
+# like new activity to whoever compares them).
+STEADY_BAND = 2.0
 
 
 def parse_http_date(value: str | None) -> datetime | None:
@@ -65,6 +70,7 @@ class ClockWatch:
     skew_seconds: float = 0.0
     undated: int = 0  # answers without a usable Date (our clock was used for them)
     _said: set[str] = field(default_factory=set)
+    _offset: timedelta | None = None  # the steady offset (see STEADY_BAND)
 
     def observe(self, reading: Reading) -> list[str]:
         if reading.source is None:
@@ -76,6 +82,16 @@ class ClockWatch:
             self._said.discard("skew")
             return []
         return self._once("skew", f"the {self.source}'s clock is {self.skew_seconds:+.0f}s from ours (check NTP)")
+
+    def steady(self, reading: Reading) -> Reading:
+        """The reading with the steady offset: the same source time maps to the same local time from one
+        answer to the next, while a real clock step (beyond the band) is followed at once."""
+        if reading.source is None:
+            return reading
+        offset = reading.offset
+        if self._offset is None or abs((offset - self._offset).total_seconds()) > STEADY_BAND:
+            self._offset = offset
+        return Reading(reading.sent, reading.sent + self._offset)
 
     def trusted(self, reading: Reading) -> bool:
         return (

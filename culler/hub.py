@@ -324,7 +324,7 @@ class HubClient:
                 f"the hub's clock is {reading.offset.total_seconds():+.0f}s from ours (over "
                 f"{self.clock.max_skew:g}s): not judging its data until the clocks agree (check NTP on both)"
             )
-        return reading
+        return self.clock.steady(reading)
 
     def _json(self, template: str, status: int, payload: bytes) -> Any:
         """A GET's decoded 200 answer; any other status or a body that is not JSON raises."""

@@ -76,6 +76,7 @@ class ProxyActivity:
             raise ProxyActivityError(
                 f"the proxy's clock is {reading.offset.total_seconds():+.0f}s from ours: not judging its routes"
             )
+        reading = self.clock.steady(reading)
         stamps = parse_routes(payload)
         return Routes({key: stamp - reading.offset for key, stamp in stamps.items()}, reading.sent)
 

@@ -234,6 +234,23 @@ async def test_a_cycle_uses_the_proxys_route_times(
     assert proxy.requests == [f"token {PROXY_TOKEN}"]
 
 
+@pytest.mark.parametrize("proxy_ahead", [timedelta(hours=1), timedelta(hours=-1)], ids=["ahead", "behind"])
+async def test_route_idle_time_is_the_proxys_own_whatever_our_clock_says(
+    fake: FakeHub, proxy_url: tuple[FakeProxy, str], make_culler: CullerFactory, proxy_ahead: timedelta
+) -> None:
+    """The proxy stamps routes with its clock: idle is its Date minus its stamp, not our now minus it."""
+    proxy, url = proxy_url
+    proxy_now = NOW + proxy_ahead
+    proxy.date = proxy_now
+    for name, idle in (("recent", timedelta(minutes=30)), ("stale", timedelta(minutes=90))):
+        fake.add_server(name, last_activity=ago(days=3))  # the hub's activity plays no part here
+        proxy.route(name, last_activity=proxy_now - idle)
+    report = await make_culler(url).run(POLICY)
+    assert report.ok and fake.deleted_servers() == [("stale", "")]
+    recent = next(d for d in report.decisions if d.server.user == "recent")
+    assert recent.idle_seconds == 1800 and recent.stop_at == NOW + timedelta(minutes=30)
+
+
 @pytest.mark.parametrize("failure", ["500", "403", "garbage", "refused"])
 async def test_a_proxy_api_failure_stops_nothing(
     fake: FakeHub, proxy_url: tuple[FakeProxy, str], make_culler: CullerFactory, failure: str

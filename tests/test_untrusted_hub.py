@@ -7,6 +7,7 @@ real HubClient and Culler: no frozen clock, so the per-page and per-source arith
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -304,3 +305,31 @@ def test_retry_after_is_capped() -> None:
     answer = Answer(429, b"", Reading(now, now), retry_after=str(10 * 86400))
     assert HubClient._retry_after(answer) == MAX_RETRY_AFTER
     assert HubClient._retry_after(Answer(429, b"", Reading(now, now), retry_after="soon")) is None
+
+
+async def test_an_unchanged_timestamp_stays_put_on_our_clock_across_reads(
+    fake: FakeHub, make_culler: CullerFactory
+) -> None:
+    """A Date has one-second resolution: without a steady offset, the same hub timestamp would land on a
+    slightly different local time at each read, and look like new activity (warnings sent again, settling
+    cancelled). The soak benchmark found this."""
+    users(fake, 3, idle=timedelta(minutes=5), prefix="u")
+    culler = make_culler()
+    seen = []
+    for _ in range(4):
+        report = await culler.run(HOUR_POLICY)
+        seen.append(sorted((d.server.key, d.server.activity_time) for d in report.decisions))
+        await asyncio.sleep(0.35)  # let the sub-second part of our clock move against the Date's
+    assert all(times == seen[0] for times in seen)
+
+
+def test_the_steady_offset_follows_a_real_clock_step() -> None:
+    from culler.clock import Reading
+
+    watch = ClockWatch("hub")
+    now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    first = watch.steady(Reading(now, now + timedelta(seconds=0.2)))
+    jitter = watch.steady(Reading(now, now + timedelta(seconds=1.1)))
+    assert first.offset == jitter.offset == timedelta(seconds=0.2)
+    step = watch.steady(Reading(now, now + timedelta(seconds=30)))
+    assert step.offset == timedelta(seconds=30)
