@@ -62,6 +62,12 @@ _VALUE_FLAGS: dict[str, str] = {
     "cull_every": "seconds between cycles (default 300; 0 means the default)",
     "concurrency": "hub API requests at once, across all users (default 10; 0 unlimited)",
     "api_page_size": "users per listing page (default 0: ask for 500, capped by the hub)",
+    "max_request_rate": "hub API requests per second, at most (default 100)",
+    "listing_deadline": "longest a listing may take (default 0: a request timeout a page, capped by the interval)",
+    "recheck_fraction": "re-read due servers before stopping after a listing this share of the shortest idle "
+    "limit long (default 0.01)",
+    "clock_skew_warning": "warn when the hub's or the proxy's clock is this far from ours (default 60s)",
+    "max_clock_skew": "beyond this clock skew, stop nothing (default 1d)",
     "timeout": "idle limit without --policy (default 7d; seconds or 90s/30m/36h/7d)",
     "max_age": "maximum server age without --policy (default 0: never)",
     "internal_certs_location": "internal SSL certificates directory",
