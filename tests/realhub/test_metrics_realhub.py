@@ -235,13 +235,15 @@ def series(labels: str, values: str) -> dict[str, str]:
     return {"series": "activity_culler_" + labels.replace("@", HUB_A), "values": values}
 
 
-def firing(at: str, alert: str, severity: str | None) -> dict[str, Any]:
-    labels = [{"exp_labels": {"severity": severity, "namespace": "hub-a", "job": "c"}}] if severity else []
+def firing(at: str, alert: str, severity: str | None, **extra: str) -> dict[str, Any]:
+    exp = {"severity": severity, "namespace": "hub-a", "job": "c", **extra}
+    labels = [{"exp_labels": exp}] if severity else []
     return {"eval_time": at, "alertname": alert, "exp_alerts": labels}
 
 
 # Minute by minute: cycles succeed until 10m, then stop; the policy file goes bad at 6m; from 11m on, 2 of
-# every 17 hub requests answer 503 (the 404s are answers, not errors).
+# every 17 hub requests answer 503 (the 404s are answers, not errors; requests held back by a Retry-After
+# were never sent); one listing breaks a bound at 11m; the hub's clock is an hour behind from 6m.
 ALERT_TESTS = {
     "evaluation_interval": "1m",
     "tests": [
@@ -253,6 +255,10 @@ ALERT_TESTS = {
                 series('hub_requests_total{@,method="GET",endpoint="users",status="200"}', "0+10x40"),
                 series('hub_requests_total{@,method="GET",endpoint="users",status="503"}', "0x10 0+2x30"),
                 series('hub_requests_total{@,method="DELETE",endpoint="users/{name}/server",status="404"}', "0+5x40"),
+                series('hub_requests_total{@,method="GET",endpoint="users",status="backing-off"}', "0+50x40"),
+                series('listing_failures_total{@,reason="empty-page"}', "0x10 1x30"),
+                series('listing_failures_total{@,reason="error"}', "0+1x40"),
+                series('clock_skew_seconds{@,source="hub"}', "0x5 -3600x30"),
             ],
             "alert_rule_test": [
                 firing("9m", "ActivityCullerNotCycling", None),
@@ -262,6 +268,11 @@ ALERT_TESTS = {
                 firing("17m", "ActivityCullerPolicyInvalid", "warning"),
                 firing("10m", "ActivityCullerHubApiErrors", None),
                 firing("35m", "ActivityCullerHubApiErrors", "warning"),
+                firing("10m", "ActivityCullerListingUntrusted", None),
+                firing("12m", "ActivityCullerListingUntrusted", "warning", reason="empty-page"),
+                firing("45m", "ActivityCullerListingUntrusted", None),  # 30 minutes on, no new failure
+                firing("15m", "ActivityCullerClockSkew", None),  # skewed since 6m: 15 minutes pending
+                firing("22m", "ActivityCullerClockSkew", "warning", source="hub"),
             ],
         }
     ],
@@ -289,6 +300,8 @@ def test_rules_pass_promtool_and_the_prometheusrule_holds_the_same_groups(tmp_pa
         "ActivityCullerSettleCapReached",
         "ActivityCullerHubApiErrors",
         "ActivityCullerPolicyInvalid",
+        "ActivityCullerListingUntrusted",
+        "ActivityCullerClockSkew",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
