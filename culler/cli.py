@@ -241,7 +241,7 @@ def _serve(argv: Sequence[str]) -> int:
     plugins = installed_plugins()
     probes = build_probes(settings)
     store = policy_store(settings, sorted(plugins), sorted(probes))
-    if settings.api_token is None:
+    if settings.api_token is None or not settings.api_token.get_secret_value().strip():
         raise UsageError("no hub API token: set JUPYTERHUB_API_TOKEN (the hub sets it for managed services)")
     log.info("starting %s %s with %s", PROG, __version__, settings.summary())
     metrics = Metrics(per_server=settings.per_server_metrics)

@@ -23,6 +23,8 @@ class Health:
 
     def status(self, now: datetime, policy_error: str | None, has_policy: bool) -> tuple[bool, dict[str, object]]:
         body: dict[str, object] = {"cycles": self.cycles, "last_success": isoformat(self.last_success)}
+        if self.cycles:  # a failed cycle (an untrusted listing, say) shows at once, before readiness drops
+            body["last_cycle"] = "failed" if self.last_error else "ok"
         if policy_error:
             body["policy_error"] = policy_error
         if not has_policy:

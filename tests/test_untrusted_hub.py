@@ -333,3 +333,16 @@ def test_the_steady_offset_follows_a_real_clock_step() -> None:
     assert first.offset == jitter.offset == timedelta(seconds=0.2)
     step = watch.steady(Reading(now, now + timedelta(seconds=30)))
     assert step.offset == timedelta(seconds=30)
+
+
+def test_health_says_at_once_that_the_latest_cycle_failed() -> None:
+    from culler.health import Health
+
+    health = Health(interval=300)
+    now = utcnow()
+    health.record(now, None)
+    health.record(now + timedelta(seconds=300), "listing users failed, no stops this cycle: GET users: an empty page")
+    ok, body = health.status(now + timedelta(seconds=301), None, True)
+    assert ok and body["last_cycle"] == "failed" and "empty page" in str(body["last_error"])
+    ok, body = health.status(now + timedelta(seconds=1000), None, True)  # three intervals without success
+    assert not ok and "empty page" in str(body["reason"])
