@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from culler import __version__
 from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings, serve_unready
-from culler.cycle import Culler, snapshots
+from culler.cycle import Culler, Listing, snapshots
 from culler.decide import Decision, evaluate
 from culler.durations import format_duration
 from culler.explain import changes, changes_table, describe, explain_table
@@ -403,13 +403,13 @@ async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]
 async def _fetch_servers(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
     async with hub:
         if target is None:
-            servers: list[ServerSnapshot] = []
+            listing = Listing()  # as the service does: a server listed twice is judged once
             async for page in hub.user_pages("ready"):
                 found, problems = snapshots(page.users, page.reading)
-                servers.extend(found)
+                listing.add(found)
                 for problem in problems:  # as the service does: skip that user, keep going
                     print(f"skipped: {problem}", file=sys.stderr)
-            return list({s.key: s for s in servers}.values())
+            return list(listing.servers.values())
         user, _, server = target.partition("/")
         model, reading = await hub.read_user(user)
         if model is None:
