@@ -11,7 +11,6 @@ right rate, not to agree with the source's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -94,9 +93,7 @@ class ClockWatch:
         return Reading(reading.sent, reading.sent + self._offset)
 
     def trusted(self, reading: Reading) -> bool:
-        return (
-            reading.source is None or abs(reading.offset.total_seconds()) <= self.max_skew or math.isinf(self.max_skew)
-        )
+        return reading.source is None or abs(reading.offset.total_seconds()) <= self.max_skew
 
     def _once(self, key: str, line: str) -> list[str]:
         if key in self._said:
