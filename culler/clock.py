@@ -55,13 +55,13 @@ class Reading:
         return None if stamp is None else stamp - self.offset
 
 
+class ClockUntrusted(ValueError):
+    """The skew is beyond trust: one of the clocks is broken, so the data is not judged at all."""
+
+
 @dataclass
 class ClockWatch:
-    """What one source's clock looks like from here: the latest skew, and whether it can be trusted.
-
-    ``observe`` returns the events worth one log line each (a missing ``Date`` the first time, a skew
-    crossing the warning level, a skew beyond trust); the caller logs them and counts.
-    """
+    """What one source's clock looks like from here: the latest skew, and whether it can be trusted."""
 
     source: str
     warn_at: float = DEFAULT_SKEW_WARNING
@@ -71,29 +71,37 @@ class ClockWatch:
     _said: set[str] = field(default_factory=set)
     _offset: timedelta | None = None  # the steady offset (see STEADY_BAND)
 
-    def observe(self, reading: Reading) -> list[str]:
+    def admit(self, reading: Reading) -> tuple[Reading, list[str]]:
+        """The reading to judge an answer's timestamps by (with the steady offset), and the lines worth
+        logging once each (a missing ``Date`` the first time, a skew crossing the warning level).
+        Raises ``ClockUntrusted`` beyond ``max_skew``."""
+        lines = self._observe(reading)
+        if reading.source is None:
+            return reading, lines
+        if abs(reading.offset.total_seconds()) > self.max_skew:
+            raise ClockUntrusted(
+                f"the {self.source}'s clock is {self.skew_seconds:+.0f}s from ours (over {self.max_skew:g}s): not "
+                "judging its data until the clocks agree (check NTP on both)"
+            )
+        return self._steady(reading), lines
+
+    def _observe(self, reading: Reading) -> list[str]:
         if reading.source is None:
             self.undated += 1
             return self._once("undated", f"the {self.source} sent no Date header: judging its data by our clock")
         self.skew_seconds = reading.offset.total_seconds()
-        size = abs(self.skew_seconds)
-        if size <= self.warn_at:
+        if abs(self.skew_seconds) <= self.warn_at:
             self._said.discard("skew")
             return []
         return self._once("skew", f"the {self.source}'s clock is {self.skew_seconds:+.0f}s from ours (check NTP)")
 
-    def steady(self, reading: Reading) -> Reading:
-        """The reading with the steady offset: the same source time maps to the same local time from one
-        answer to the next, while a real clock step (beyond the band) is followed at once."""
-        if reading.source is None:
-            return reading
+    def _steady(self, reading: Reading) -> Reading:
+        """The same source time maps to the same local time from one answer to the next, while a real
+        clock step (beyond the band) is followed at once."""
         offset = reading.offset
         if self._offset is None or abs((offset - self._offset).total_seconds()) > STEADY_BAND:
             self._offset = offset
         return Reading(reading.sent, reading.sent + self._offset)
-
-    def trusted(self, reading: Reading) -> bool:
-        return reading.source is None or abs(reading.offset.total_seconds()) <= self.max_skew
 
     def _once(self, key: str, line: str) -> list[str]:
         if key in self._said:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from culler.clock import ClockWatch, Reading, parse_http_date
+from culler.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.listing import ListingBounds, ListingError, page_info
 from culler.logs import event
 from culler.timeutil import utcnow
@@ -316,15 +316,14 @@ class HubClient:
         return self._json(template, answer.status, answer.body), self._dated(answer.reading)
 
     def _dated(self, reading: Reading) -> Reading:
-        """The reading of an answer whose timestamps will be judged: watched, and refused if untrusted."""
-        for line in self.clock.observe(reading):
+        """The reading of an answer whose timestamps will be judged (see ``ClockWatch.admit``)."""
+        try:
+            reading, lines = self.clock.admit(reading)
+        except ClockUntrusted as error:
+            raise HubProtocolError(str(error)) from None
+        for line in lines:
             event(log, logging.WARNING, line, skew=f"{self.clock.skew_seconds:+.1f}s")
-        if not self.clock.trusted(reading):
-            raise HubProtocolError(
-                f"the hub's clock is {reading.offset.total_seconds():+.0f}s from ours (over "
-                f"{self.clock.max_skew:g}s): not judging its data until the clocks agree (check NTP on both)"
-            )
-        return self.clock.steady(reading)
+        return reading
 
     def _json(self, template: str, status: int, payload: bytes) -> Any:
         """A GET's decoded 200 answer; any other status or a body that is not JSON raises."""

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import aiohttp
 
-from culler.clock import ClockWatch, Reading, parse_http_date
+from culler.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.hub import HubUnreachable
 from culler.logs import event
 from culler.snapshot import Routes
@@ -70,13 +70,12 @@ class ProxyActivity:
         if status != 200:
             hint = " (check the proxy API token, CONFIGPROXY_AUTH_TOKEN)" if status in (401, 403) else ""
             raise ProxyActivityError(f"GET {self.url}: the proxy answered {status}{hint}")
-        for line in self.clock.observe(reading):
+        try:
+            reading, lines = self.clock.admit(reading)
+        except ClockUntrusted as error:
+            raise ProxyActivityError(str(error)) from None
+        for line in lines:
             event(log, logging.WARNING, line, skew=f"{self.clock.skew_seconds:+.1f}s")
-        if not self.clock.trusted(reading):
-            raise ProxyActivityError(
-                f"the proxy's clock is {reading.offset.total_seconds():+.0f}s from ours: not judging its routes"
-            )
-        reading = self.clock.steady(reading)
         stamps = parse_routes(payload)
         return Routes({key: stamp - reading.offset for key, stamp in stamps.items()}, reading.sent)
 

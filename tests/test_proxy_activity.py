@@ -251,6 +251,17 @@ async def test_route_idle_time_is_the_proxys_own_whatever_our_clock_says(
     assert recent.idle_seconds == 1800 and recent.stop_at == NOW + timedelta(minutes=30)
 
 
+async def test_a_proxy_clock_beyond_trust_stops_nothing(
+    fake: FakeHub, proxy_url: tuple[FakeProxy, str], make_culler: CullerFactory
+) -> None:
+    proxy, url = proxy_url
+    proxy.date = NOW + timedelta(days=3)
+    fake.add_server("alice", last_activity=ago(days=5))
+    proxy.route("alice", last_activity=ago(days=5))
+    report = await make_culler(url).run(POLICY)
+    assert not report.ok and "proxy's clock" in (report.error or "") and fake.deletes == []
+
+
 @pytest.mark.parametrize("failure", ["500", "403", "garbage", "refused"])
 async def test_a_proxy_api_failure_stops_nothing(
     fake: FakeHub, proxy_url: tuple[FakeProxy, str], make_culler: CullerFactory, failure: str

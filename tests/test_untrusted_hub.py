@@ -225,9 +225,9 @@ def test_a_large_skew_is_warned_once_until_it_recovers() -> None:
     watch = ClockWatch("hub", warn_at=60)
     now = datetime(2026, 12, 1, tzinfo=timezone.utc)
     ahead = Reading(now, now + timedelta(minutes=5))
-    assert len(watch.observe(ahead)) == 1 and watch.observe(ahead) == []
-    assert watch.observe(Reading(now, now)) == []
-    assert len(watch.observe(ahead)) == 1  # warned again after it recovered
+    assert len(watch.admit(ahead)[1]) == 1 and watch.admit(ahead)[1] == []
+    assert watch.admit(Reading(now, now))[1] == []
+    assert len(watch.admit(ahead)[1]) == 1  # warned again after it recovered
 
 
 # -- 3. stale data is re-read before the stop ---------------------------------------------------------------
@@ -328,10 +328,10 @@ def test_the_steady_offset_follows_a_real_clock_step() -> None:
 
     watch = ClockWatch("hub")
     now = datetime(2026, 12, 1, tzinfo=timezone.utc)
-    first = watch.steady(Reading(now, now + timedelta(seconds=0.2)))
-    jitter = watch.steady(Reading(now, now + timedelta(seconds=1.1)))
+    first, _ = watch.admit(Reading(now, now + timedelta(seconds=0.2)))
+    jitter, _ = watch.admit(Reading(now, now + timedelta(seconds=1.1)))
     assert first.offset == jitter.offset == timedelta(seconds=0.2)
-    step = watch.steady(Reading(now, now + timedelta(seconds=30)))
+    step, _ = watch.admit(Reading(now, now + timedelta(seconds=30)))
     assert step.offset == timedelta(seconds=30)
 
 
