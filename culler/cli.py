@@ -42,7 +42,6 @@ from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, with_rout
 from culler.timeutil import utcnow
 
 PROG = "jupyterhub-activity-culler"
-DEFAULT_BIND = "http://127.0.0.1:10101"
 USAGE_ERROR = 2
 
 _BOOL_FLAGS = (
@@ -192,45 +191,42 @@ def flags_policy(settings: Settings) -> Policy:
     )
 
 
-def managed_by_hub(argv: Sequence[str]) -> bool:
+def managed_by_hub(flags: dict[str, Any]) -> bool:
     """Whether this process is a hub-managed service that keeps running (not a ``--once`` run): the hub
     sets ``JUPYTERHUB_SERVICE_NAME`` for the services it starts."""
-    once = [a.partition("=")[2] or "true" for a in argv if a == "--once" or a.startswith("--once=")]
-    once_env = os.environ.get("CULLER_ONCE", "")
-    said_once = (once[-1] if once else once_env).lower() in ("1", "true", "yes", "on")
-    return bool(os.environ.get("JUPYTERHUB_SERVICE_NAME")) and not said_once
+    once = str(flags.get("once") or os.environ.get("CULLER_ONCE", "")).lower()
+    return bool(os.environ.get("JUPYTERHUB_SERVICE_NAME")) and once not in ("1", "true", "yes", "on", "t", "y")
 
 
 def serve(argv: Sequence[str]) -> int:
     try:
         return _serve(argv)
     except UsageError as error:
-        if not managed_by_hub(argv):
+        flags = _loose_flags(argv)
+        if not managed_by_hub(flags):
             raise
         # The hub exits at start if a managed service with a url is down, and restarts one that exits
         # later at once: keep serving, unready, and say why once.
-        setup_logging("text", "INFO", _env_secrets())
+        setup_logging("text", "INFO", [os.environ[n] for n in Settings.secret_variables() if os.environ.get(n)])
         reason = str(error)
         logging.getLogger("culler").error("invalid settings; serving health 503 and culling nothing: %s", reason)
-        bind_url = _given(argv, "bind_url", "JUPYTERHUB_SERVICE_URL") or DEFAULT_BIND
-        prefix = _given(argv, "service_prefix", "JUPYTERHUB_SERVICE_PREFIX") or "/"
+        bind_url = _loose_setting(flags, "bind_url", "JUPYTERHUB_SERVICE_URL")
+        prefix = _loose_setting(flags, "service_prefix", "JUPYTERHUB_SERVICE_PREFIX")
         return asyncio.run(serve_unready(reason, bind_url, prefix))
 
 
-def _given(argv: Sequence[str], name: str, hub_variable: str) -> str | None:
-    """A setting read without the settings (they did not validate): the flag, else its variables."""
-    flag = _flag(name)
-    for i, arg in enumerate(argv):
-        if arg.startswith(flag + "="):
-            return arg.partition("=")[2]
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-    return os.environ.get(f"CULLER_{name.upper()}") or os.environ.get(hub_variable)
+def _loose_flags(argv: Sequence[str]) -> dict[str, Any]:
+    """The flags as given, unvalidated and ignoring unknown ones (the settings did not validate)."""
+    try:
+        return vars(_serve_parser().parse_known_args(argv)[0])
+    except UsageError:
+        return {}
 
 
-def _env_secrets() -> list[str]:
-    names = ("JUPYTERHUB_API_TOKEN", "CULLER_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "CULLER_PROXY_API_TOKEN")
-    return [os.environ[name] for name in (*names, "CULLER_WARN_URL", "CULLER_WARN_SECRET") if os.environ.get(name)]
+def _loose_setting(flags: dict[str, Any], name: str, hub_variable: str) -> str:
+    """One setting from the flag, its variables, else its default, as Settings would read it."""
+    value = flags.get(name) or os.environ.get(f"CULLER_{name.upper()}") or os.environ.get(hub_variable)
+    return str(value or Settings.model_fields[name].default)
 
 
 def _serve(argv: Sequence[str]) -> int:

@@ -25,6 +25,9 @@ POLICY_FLAGS = (
 )
 
 
+SECRET_FIELDS = ("api_token", "proxy_api_token", "warn_url", "warn_secret")
+
+
 def _seconds_or_none(value: object) -> object:
     if value is None or value == "":
         return None
@@ -147,13 +150,23 @@ class Settings(BaseSettings):
         return [name for name in POLICY_FLAGS if getattr(self, name) is not None]
 
     def secrets(self) -> list[str]:
-        secrets = (self.api_token, self.proxy_api_token, self.warn_url, self.warn_secret)
+        secrets = (getattr(self, name) for name in SECRET_FIELDS)
         return [secret.get_secret_value() for secret in secrets if secret is not None]
+
+    @classmethod
+    def secret_variables(cls) -> list[str]:
+        """The environment variables secrets come from (for redacting logs when the settings do not validate)."""
+        names = []
+        for name in SECRET_FIELDS:
+            alias = cls.model_fields[name].validation_alias
+            choices = alias.choices if isinstance(alias, AliasChoices) else [f"CULLER_{name.upper()}"]
+            names += [str(choice) for choice in choices]
+        return names
 
     def summary(self) -> dict[str, object]:
         """The effective settings for the start-up log line: secrets redacted."""
         data = self.model_dump(exclude_none=True)
-        for name in ("api_token", "proxy_api_token", "warn_url", "warn_secret"):
+        for name in SECRET_FIELDS:
             if getattr(self, name) is not None:
                 data[name] = "[secret]"
         return {key: str(value) for key, value in data.items()}
