@@ -9,7 +9,6 @@ import html
 import logging
 import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,7 +20,7 @@ from aiohttp import web
 from culler.activity import admin_view, for_user, humanize, server_name
 from culler.hub import HubClient, HubError, HubProtocolError
 from culler.ttlmap import TTLMap
-from culler.web import READ_ALL_SERVERS, TokenCache, bearer_token
+from culler.web import READ_ALL_SERVERS, TokenCache, bearer_token, normalized_prefix
 
 log = logging.getLogger("culler.activity_web")
 
@@ -87,9 +86,9 @@ class ActivityWeb:
         self.history = history
         self.identify = TokenCache(identify).get
         self.oauth = oauth
-        ttl = oauth.session_ttl if oauth is not None else 8 * 3600.0
-        self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS, clock=lambda: time.monotonic())
-        self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS, clock=lambda: time.monotonic())
+        ttl = oauth.session_ttl if oauth is not None else OAuthConfig.session_ttl
+        self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS)
+        self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS)
         self._http: aiohttp.ClientSession | None = None
 
     # --- the API -----------------------------------------------------------------------------------
@@ -235,7 +234,7 @@ def add_activity_routes(
 ) -> ActivityWeb:
     """``<prefix>api/servers`` always; with ``oauth``, also the page ``<prefix>`` (so the app must not route
     ``GET <prefix>`` itself), ``<prefix>oauth_callback`` and ``<prefix>logout``."""
-    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    prefix = normalized_prefix(prefix)
     activity = ActivityWeb(prefix, rows_fn, history, identify, oauth)
     app[ACTIVITY_KEY] = activity
     app.router.add_get(prefix + "api/servers", activity.api_servers)

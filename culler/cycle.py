@@ -33,6 +33,7 @@ from culler.snapshot import (
 from culler.timeutil import utcnow
 
 log = logging.getLogger("culler.cycle")
+_EPOCH = datetime.min.replace(tzinfo=UTC)  # "no activity known": older than any
 # How far the hub's clock may trail ours when we tell our own stop's touch of last_activity from real use.
 CLOCK_SLACK = timedelta(seconds=2)
 
@@ -125,7 +126,7 @@ def _keeps_more(new: ServerSnapshot, old: ServerSnapshot) -> bool:
     """Of two listings of one server, the one that argues for keeping it: not ready, else newer activity."""
 
     def weight(s: ServerSnapshot) -> tuple[bool, datetime]:
-        return (bool(s.pending) or not s.ready, s.activity_time or datetime.min.replace(tzinfo=UTC))
+        return (bool(s.pending) or not s.ready, s.activity_time or _EPOCH)
 
     return weight(new) > weight(old)
 
@@ -165,9 +166,6 @@ def _users(models: list[object], reading: Reading | None, into: dict[str, UserSn
 
 def _since(user: UserSnapshot) -> datetime:
     return user.last_activity or user.created or _EPOCH
-
-
-_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def _judged_before_our_stop(current: UserSnapshot, listed: UserSnapshot, stops_began: datetime) -> UserSnapshot:
@@ -322,7 +320,7 @@ class Culler:
 
     async def _stop(self, decision: Decision, settle: str | None = None, recheck: bool = False) -> Result:
         """Stop one server now; ``settle`` says whether a settle step vouched for its home; ``recheck``
-        re-reads it from the hub first (its listing is old) and keeps it if it moved."""
+        re-reads it from the hub first (its listing is old) and keeps it unless it is still due."""
         if recheck and not self.stopping.is_set() and await self._still_due(decision) is not True:
             fields = {"user": decision.server.user, "server": decision.server.name, "rule": decision.rule_id}
             event(log, logging.INFO, "not stopping: re-read before the stop, it is not (surely) idle", **fields)

@@ -37,6 +37,7 @@ DEFAULT_PAGE_LIMIT = 500
 # A Retry-After is honoured up to this long, by every request until then (in this cycle or later ones).
 MAX_RETRY_AFTER = 600.0
 DEFAULT_MAX_RATE = 100.0  # requests per second, at most, whatever the concurrency
+DEFAULT_LISTING_CAP = 3600.0  # seconds a listing may take when the caller does not say (the cycle does)
 
 RequestObserver = Callable[[str, str, str, float], None]  # method, endpoint template, status, seconds
 
@@ -336,11 +337,11 @@ class HubClient:
 
     # -- operations -----------------------------------------------------------------------------
 
-    async def list_users(self, state: str = "ready", max_seconds: float = 3600.0) -> list[dict[str, Any]]:
+    async def list_users(self, state: str = "ready", max_seconds: float = DEFAULT_LISTING_CAP) -> list[dict[str, Any]]:
         """All users in ``state``, following pagination; any failure raises (no partial lists)."""
         return [user async for page in self.user_pages(state, max_seconds) for user in page.users]
 
-    async def user_pages(self, state: str = "ready", max_seconds: float = 3600.0) -> AsyncIterator[Page]:
+    async def user_pages(self, state: str = "ready", max_seconds: float = DEFAULT_LISTING_CAP) -> AsyncIterator[Page]:
         """The users in ``state`` a page at a time, so a big hub's models need not all be held at once.
 
         The listing is bounded (``culler.listing``): pages and wall time from the first page's ``total``

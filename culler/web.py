@@ -102,12 +102,17 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return await request.app[METRICS_KEY](request)
 
 
+def normalized_prefix(prefix: str) -> str:
+    """``/services/x/`` from ``services/x``, ``/services/x`` or ``/services/x/``; ``/`` for none."""
+    return "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+
+
 def make_unready_app(prefix: str, reason: str) -> web.Application:
     """What a hub-managed service serves when its settings are wrong: ``health`` 503 with the reason,
     ``live`` 200 and a 200 page at the prefix, so that the hub's start-up check of its url passes and
     the hub is not taken down with it. Nothing is culled until the settings are fixed and it restarts."""
     body = {"status": "unavailable", "reason": f"invalid settings: {reason}", "cycles": 0}
-    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    prefix = normalized_prefix(prefix)
 
     async def unready(request: web.Request) -> web.Response:
         return web.json_response(body, status=503)
@@ -138,7 +143,7 @@ def make_app(
     service_name: str = "activity-culler",
     index_page: bool = True,
 ) -> web.Application:
-    prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    prefix = normalized_prefix(prefix)
     app = web.Application()
     app[HEALTH_KEY] = health_fn
     app.router.add_get(prefix + "health", health)

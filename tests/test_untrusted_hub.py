@@ -101,8 +101,8 @@ async def test_pages_past_the_bound_fail_the_cycle(fake: FakeHub, make_culler: C
 
 async def test_a_total_that_changes_wildly_fails_the_cycle(fake: FakeHub, make_culler: CullerFactory) -> None:
     users(fake, 30, idle=timedelta(hours=2), prefix="idle")
-    first = {"items": [fake.users["idle000"]], "_pagination": {"offset": 0, "limit": 10, "total": 30, "next": None}}
-    first["_pagination"]["next"] = {"offset": 10, "limit": 10, "url": ""}
+    nxt = {"offset": 10, "limit": 10, "url": ""}
+    first = {"items": [fake.users["idle000"]], "_pagination": {"offset": 0, "limit": 10, "total": 30, "next": nxt}}
     shrunk = {"items": [fake.users["idle010"]], "_pagination": {"offset": 10, "limit": 10, "total": 1000}}
     fake.fail("GET", USERS, status=200, json=first, when=lambda r: r.query["offset"] == "0")
     fake.fail("GET", USERS, status=200, json=shrunk, when=lambda r: r.query["offset"] == "10")
