@@ -169,6 +169,8 @@ class Settler:
         if unverified:
             self.stopped_unverified += 1
             self._event(logging.WARNING, "settle cap reached; stopping unverified", settling)
+        else:
+            self._event(logging.INFO, "home settled; stopping", settling)
         try:
             # Kept in ``settling`` until the stop returns, so that a cycle running meanwhile does not
             # find the server due and not busy, and admit it again.

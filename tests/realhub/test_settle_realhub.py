@@ -28,9 +28,12 @@ CAP = 8
 SETTLE_POLL = 1
 CULL_EVERY = 2
 # The tree-scan vouches for quiet between the end of one pass and the start of a later equal pass,
-# so after the last write the stop comes within the window plus up to two polls; a cycle and the
-# hub's stop are on top (and the test sees the log line at its own polling pace).
-STOP_BOUND = WINDOW + 2 * SETTLE_POLL + CULL_EVERY + 3
+# so after the last write the gate lets go within the window plus up to two polls (and a confirming
+# re-read; the test sees the log line at its own polling pace).
+SETTLED_BOUND = WINDOW + 2 * SETTLE_POLL + 3
+# The hub's own stop of a real jupyterhub-singleuser is not ours to time: it only has to come long
+# before the 60 s max_deferral, which is what an unverified stop would take.
+HUB_STOP_BOUND = 20
 
 POLICY = f"""\
 version: 1
@@ -187,14 +190,17 @@ async def test_writer_defers_the_stop(hub: CullerHub, writer: Writer) -> None:
     assert not hub.events("server stopped", since, user=user)
     assert_no_restart(hub, since, user)
 
-    event, seen = await seen_at(hub, "server stopped", STOP_BOUND + 10, since, user=user)
+    settled, seen = await seen_at(hub, "home settled; stopping", SETTLED_BOUND + 10, since, user=user)
     after_last_write = seen - last_write
-    print(f"\nwriter end -> 'server stopped' seen: {after_last_write:.1f}s (bound {STOP_BOUND}s)")
+    print(f"\nwriter end -> 'home settled' seen: {after_last_write:.1f}s (bound {SETTLED_BOUND}s)")
+    assert settled["rule"] == "writer"
+    # seen at most ~0.1 s after it was logged, so letting go earlier than the window would show here
+    assert after_last_write >= WINDOW, "stopped before the home was quiet for the window"
+    assert after_last_write <= SETTLED_BOUND, f"settled {after_last_write:.1f}s after the last write"
+    event, stopped = await seen_at(hub, "server stopped", HUB_STOP_BOUND, since, user=user)
+    print(f"'home settled' -> 'server stopped' seen: {stopped - seen:.1f}s (the hub's stop)")
     assert event["settle"] == "verified"
     assert event["rule"] == "writer"
-    # seen at most ~0.1 s after it was logged, so a stop earlier than the window would show here
-    assert after_last_write >= WINDOW, "stopped before the home was quiet for the window"
-    assert after_last_write <= STOP_BOUND, f"stopped {after_last_write:.1f}s after the last write"
     await hub.wait_server(user, ready=False, timeout=10)
 
 
@@ -229,7 +235,7 @@ async def test_never_ending_writer_meets_the_cap(hub: CullerHub, writer: Writer)
     # at_cap: skip keeps deferring: once the home is quiet for the window the server is stopped, verified
     stop_process(skip_writer)
     quiet_from = time.monotonic()
-    event = await hub.wait_event("server stopped", timeout=STOP_BOUND + 10, since=since, user=skip_user)
+    event = await hub.wait_event("server stopped", timeout=SETTLED_BOUND + HUB_STOP_BOUND, since=since, user=skip_user)
     print(f"\nheld server: writer end -> 'server stopped' seen: {time.monotonic() - quiet_from:.1f}s")
     assert event["settle"] == "verified"
     assert_no_restart(hub, since, stop_user, skip_user)
