@@ -7,10 +7,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from fnmatch import fnmatchcase
 from typing import Any
 
 from culler.durations import format_duration
+from culler.options import any_glob
 from culler.policy import DEFAULT_RULE_ID, Match, Policy, Rule, Settle
 from culler.snapshot import ServerSnapshot, UserSnapshot
 from culler.timeutil import isoformat
@@ -78,39 +78,19 @@ def match(criteria: Match | None, server: ServerSnapshot) -> bool | None:
     """True/False; None when the answer depends on facts the hub did not give (groups)."""
     if criteria is None:
         return True
-    if criteria.users is not None and not _any_glob(criteria.users, [server.user]):
+    if criteria.users is not None and not any_glob(criteria.users, [server.user]):
         return False
     if criteria.admin is not None and criteria.admin != server.admin:
         return False
-    if criteria.servers is not None and not _any_glob(criteria.servers, [server.name]):
+    if criteria.servers is not None and not any_glob(criteria.servers, [server.name]):
         return False
-    if criteria.user_options is not None and not _options_match(criteria.user_options, server.user_options):
+    if not all(criterion.matches(server.user_options, key) for key, criterion in criteria.options().items()):
         return False
     if criteria.groups is not None:
         if server.groups is None:
             return None
-        return _any_glob(criteria.groups, server.groups)
+        return any_glob(criteria.groups, server.groups)
     return True
-
-
-def _any_glob(patterns: list[str], values: tuple[str, ...] | list[str]) -> bool:
-    return any(fnmatchcase(value, pattern) for pattern in patterns for value in values)
-
-
-def _options_match(wanted: Mapping[str, list[Any]], options: Mapping[str, Any]) -> bool:
-    for key, patterns in wanted.items():
-        if key not in options or options[key] is None:
-            return False
-        value = options[key]
-        if not any(_option_value_matches(pattern, value) for pattern in patterns):
-            return False
-    return True
-
-
-def _option_value_matches(pattern: Any, value: Any) -> bool:
-    if isinstance(pattern, str):
-        return fnmatchcase(str(value), pattern)
-    return type(pattern) is type(value) and pattern == value
 
 
 def _unsure(server: ServerSnapshot, rule_id: str, why: str) -> Decision:
@@ -226,12 +206,12 @@ def _exempting_rule(policy: Policy, probe: ServerSnapshot) -> str | None:
     """The id of an exempt (or plugin) rule that covers this user, or of any rule we cannot evaluate.
 
     A rule covers a user when its match depends only on who the user is (users, groups, admin): a rule
-    about some servers (``servers``, ``user_options``), such as the one ``--cull-default-servers=false``
+    about some servers (``servers``, ``profile``, ``user_options``), such as the one ``--cull-default-servers=false``
     makes, protects those servers, not the account.
     """
     for rule in policy.rules:
         criteria = rule.match
-        if criteria is not None and (criteria.servers is not None or criteria.user_options is not None):
+        if criteria is not None and (criteria.servers is not None or criteria.options()):
             continue
         matched = match(criteria, probe)
         if matched is None or (matched and (rule.exempt or rule.plugin)):

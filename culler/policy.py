@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from culler.durations import parse_duration
+from culler.options import OptionCriterion, OptionMatch, as_list, list_covers
 
 PLUGIN_GROUP = "jupyterhub_activity_culler.policies"
 DEFAULT_RULE_ID = "default"
@@ -49,12 +49,7 @@ Duration = Annotated[
 ]
 
 
-def _as_list(value: object) -> object:
-    return [value] if isinstance(value, (str, bool, int, float)) else value
-
-
-Names = Annotated[list[str], BeforeValidator(_as_list)]
-OptionValue = Annotated[list[str | int | float | bool], BeforeValidator(_as_list)]
+Names = Annotated[list[str], BeforeValidator(as_list)]
 
 
 class _Model(BaseModel):
@@ -68,9 +63,25 @@ class Match(_Model):
     groups: Names | None = Field(None, description="group names or glob patterns")
     admin: bool | None = None
     servers: Names | None = Field(None, description='server-name globs; "" is the default server')
-    user_options: dict[str, OptionValue] | None = Field(
-        None, description='spawn options: value, list of values or glob; "*" matches any present value'
+    profile: Names | None = Field(
+        None, description="KubeSpawner profile slugs or globs (the spawn form's user_options.profile)"
     )
+    user_options: dict[str, OptionCriterion] | None = Field(
+        None, description="spawn options by key: what each must be (all must match)"
+    )
+
+    @model_validator(mode="after")
+    def _profile_once(self) -> Match:
+        if self.profile is not None and "profile" in (self.user_options or {}):
+            raise ValueError("say the profile once: 'profile' or 'user_options.profile', not both")
+        return self
+
+    def options(self) -> dict[str, OptionMatch]:
+        """Every spawn-option criterion, ``profile`` included."""
+        criteria = dict(self.user_options or {})
+        if self.profile is not None:
+            criteria["profile"] = OptionMatch(any_of=list(self.profile))
+        return criteria
 
 
 ProbeName = Literal["tree-scan", "prometheus"]
@@ -79,7 +90,7 @@ ProbeName = Literal["tree-scan", "prometheus"]
 class Settle(_Model):
     """Before a due server is stopped, wait until these probes vouch that its home is quiet."""
 
-    probes: Annotated[list[ProbeName], BeforeValidator(_as_list)] = Field(
+    probes: Annotated[list[ProbeName], BeforeValidator(as_list)] = Field(
         default_factory=list, description="probes configured in the service's settings; none: stop at once"
     )
     window: Duration = Field(120, description="how long every probe must vouch for quiet")
@@ -312,36 +323,16 @@ def _covers(wide: Match | None, narrow: Match | None) -> bool:
         return True
     narrow = narrow or Match()
     for key in ("users", "groups", "servers"):
-        if not _list_covers(getattr(wide, key), getattr(narrow, key)):
+        if not list_covers(getattr(wide, key), getattr(narrow, key)):
             return False
     if wide.admin is not None and wide.admin != narrow.admin:
         return False
-    for option, patterns in (wide.user_options or {}).items():
-        values = (narrow.user_options or {}).get(option)
-        if values is None or not _list_covers(patterns, values):
+    narrow_options = narrow.options()
+    for option, criterion in wide.options().items():
+        other = narrow_options.get(option)
+        if other is None or not criterion.covers(other):
             return False
     return True
-
-
-def _list_covers(wide: list[Any] | None, narrow: list[Any] | None) -> bool:
-    if wide is None:
-        return True
-    if narrow is None:
-        return False
-    return all(any(_pattern_covers(w, n) for w in wide) for n in narrow)
-
-
-def _pattern_covers(pattern: Any, value: Any) -> bool:
-    """Whether ``pattern`` matches everything ``value`` (itself a pattern) matches; False when unsure."""
-    if not isinstance(pattern, str):  # a typed user_options value (1, true) matches only itself
-        return type(pattern) is type(value) and pattern == value
-    if pattern == "*":
-        return True
-    if not isinstance(value, str):  # a typed value is matched by a glob through its text, as in decide
-        return fnmatchcase(str(value), pattern)
-    if any(ch in value for ch in "*?["):
-        return pattern == value
-    return fnmatchcase(value, pattern)
 
 
 def policy_from_flags(

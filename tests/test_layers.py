@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "culler"
-PURE = ["policy", "decide", "snapshot", "durations", "guard", "explain", "timeutil", "settle", "clock", "listing"]
+PURE = ["policy", "decide", "snapshot", "durations", "guard", "explain", "timeutil", "settle", "clock", "listing", "options"]
 FORBIDDEN = {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from culler.options import OptionMatch
 from culler.policy import (
     Match,
     Policy,
@@ -66,7 +67,7 @@ def test_example_parses():
     assert (policy.defaults.idle, policy.defaults.max_age) == (7 * DAY, 30 * DAY)
     staff, gpu, students, scratch, keep_alive = policy.rules
     assert staff.exempt and staff.match == Match(admin=True)
-    assert gpu.match.user_options == {"gpu_type": ["*"]}
+    assert gpu.match.user_options == {"gpu_type": OptionMatch(any_of=["*"])}
     assert (gpu.idle, gpu.max_age) == (DAY, 14 * DAY)
     assert students.match.groups == ["course-*"] and students.match.servers == [""]
     assert students.max_age is None  # unset fields come from defaults at decision time
@@ -122,7 +123,7 @@ def test_rules_without_id_are_numbered():
         pytest.param("version: 1\ncull: true", "p.yaml: cull: Extra inputs are not permitted", id="unknown-top-key"),
         pytest.param(
             "version: 1\nrules:\n  - id: gpu\n    match: {user_options: {gpu: {a: 1}}}",
-            "p.yaml: rules[0] (id 'gpu'): match.user_options.gpu: ",
+            "p.yaml: rules[0] (id 'gpu'): match.user_options.gpu.a: Extra inputs are not permitted",
             id="option-value-mapping",
         ),
         pytest.param(
