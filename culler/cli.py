@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import aiohttp
+import yaml
 from pydantic import ValidationError
 
 from culler import __version__
@@ -34,9 +35,11 @@ from culler.policy import (
     policy_hash,
     policy_schema,
     shadowed_rules,
+    typed_option_values,
     unconfigured_probes,
 )
 from culler.policy_store import PolicyStore
+from culler.profiles import Profile, ProfileListError, find_profile_list, judge, read_profiles, table
 from culler.settings import DEFAULT_TIMEOUT, Settings
 from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, with_route_activity
 from culler.timeutil import utcnow
@@ -270,6 +273,13 @@ def policy_command(argv: Sequence[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate policy files; non-zero exit on any error")
     check.add_argument("files", nargs="+", type=Path)
+    check.add_argument(
+        "--profile-list",
+        type=Path,
+        metavar="FILE",
+        help="a Zero to JupyterHub values file (singleuser.profileList) or a KubeSpawner profile_list "
+        "(YAML or JSON): print which rule decides each profile x choice, and warn about rules that miss",
+    )
     schema = sub.add_parser("schema", help="print the policy file's JSON Schema")
     schema.add_argument("--output", "-o", type=Path)
     args = parser.parse_args(argv)
@@ -280,7 +290,7 @@ def policy_command(argv: Sequence[str]) -> int:
         else:
             sys.stdout.write(text)
         return 0
-    return check_policies(args.files)
+    return check_policies(args.files, args.profile_list)
 
 
 def _configured_probes() -> list[str] | None:
@@ -291,9 +301,14 @@ def _configured_probes() -> list[str] | None:
         return None
 
 
-def check_policies(files: Sequence[Path]) -> int:
+def check_policies(files: Sequence[Path], profile_list: Path | None = None) -> int:
     plugins = sorted(installed_plugins())
     configured = _configured_probes()
+    try:
+        profiles = load_profiles(profile_list) if profile_list else None
+    except ProfileListError as error:
+        print(f"error: {profile_list}: {error}", file=sys.stderr)
+        return 1
     failed = False
     for path in files:
         try:
@@ -303,11 +318,31 @@ def check_policies(files: Sequence[Path]) -> int:
             for line in error.errors:
                 print(f"error: {line}", file=sys.stderr)
             continue
-        for warning in shadowed_rules(policy) + unconfigured_probes(policy, configured):
+        warnings = shadowed_rules(policy) + unconfigured_probes(policy, configured) + typed_option_values(policy)
+        if profiles is not None:
+            report = judge(policy, profiles)
+            print(f"{path} with the profile list {profile_list} ('*': the default):")
+            print("\n".join("  " + line for line in table(report)))
+            warnings += report.warnings
+        for warning in warnings:
             print(f"warning: {path}: {warning}", file=sys.stderr)
         idle = format_duration(policy.defaults.idle)
         print(f"ok: {path}: {len(policy.rules)} rule(s), default idle {idle}, hash {policy_hash(path.read_bytes())}")
     return 1 if failed else 0
+
+
+def load_profiles(path: Path) -> list[Profile]:
+    """A profile list file, normalized with KubeSpawner's own slugify when it is installed."""
+    try:
+        raw = yaml.safe_load(path.read_text())  # JSON is YAML
+    except (OSError, yaml.YAMLError) as error:
+        raise ProfileListError(f"cannot read: {' '.join(str(error).split())}") from error
+    found, _ = find_profile_list(raw)
+    try:
+        from slugify import slugify  # python-slugify, which KubeSpawner uses for missing slugs
+    except ImportError:
+        return read_profiles(found)
+    return read_profiles(found, slugify)
 
 
 # -- explain ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -315,6 +316,25 @@ def shadowed_rules(policy: Policy) -> list[str]:
                     "and matches every server it would"
                 )
                 break
+    return warnings
+
+
+_KINDS = {int: "number", float: "number", bool: "boolean"}
+
+
+def typed_option_values(policy: Policy) -> list[str]:
+    """Warnings for option values that are not strings: a spawn form (KubeSpawner's too) stores strings."""
+    warnings = []
+    for index, rule in enumerate(policy.rules):
+        for key, criterion in (rule.match.options() if rule.match else {}).items():
+            for value in criterion.patterns():
+                if not isinstance(value, str):
+                    text = json.dumps(value)
+                    warnings.append(
+                        f"rules[{index}] (id {rule.id!r}): user_options.{key}: {text} is a {_KINDS[type(value)]}, "
+                        f"not a string: it matches only a JSON {text} sent through the REST API, never a spawn "
+                        f'form\'s "{text}"; quote it to match the form'
+                    )
     return warnings
 
 
