@@ -151,9 +151,11 @@ class LocalHub:
     """A hub on free loopback ports. ``extra_config`` is appended to the generated jupyterhub_config.py.
 
     ``env`` is laid over this process's environment for the hub; a ``None`` value removes a variable.
+    ``python`` is the interpreter of the hub's environment (its JupyterHub, spawner and this service).
     """
 
     extra_config: str = ""
+    python: str = sys.executable
     last_activity_interval: int = 5
     activity_report_interval: int = 5
     stop_delay: float = 0.0
@@ -213,7 +215,7 @@ class LocalHub:
         return self.workdir / "hub.log"
 
     def config(self) -> str:
-        singleuser = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+        singleuser = str(Path(self.python).with_name("jupyterhub-singleuser"))
         args = ["--allow-root"] if os.geteuid() == 0 else []
         return f"""
 c = get_config()
@@ -259,7 +261,7 @@ c.JupyterHub.load_roles = [{{
         env.pop("JUPYTERHUB_API_TOKEN", None)
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            [self.python, "-m", "jupyterhub", "-f", str(config)],
             cwd=self.workdir,
             env=env,
             stdout=self._log_file,
