@@ -64,7 +64,7 @@ class Profile:
 def simple_slug(text: str) -> str:
     """python-slugify's result for plain names (KubeSpawner's own slugify is used when installed)."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "-", ascii_text.replace("'", "").lower()).strip("-")
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
 
 
 def find_profile_list(raw: Any) -> tuple[Any, str]:

@@ -10,7 +10,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "culler"
-PURE = ["policy", "decide", "snapshot", "durations", "guard", "explain", "timeutil", "settle", "clock", "listing", "options"]
+PURE = [
+    "policy",
+    "decide",
+    "snapshot",
+    "durations",
+    "guard",
+    "explain",
+    "timeutil",
+    "settle",
+    "clock",
+    "listing",
+    "options",
+    "profiles",
+]
 FORBIDDEN = {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
 
 
