@@ -30,7 +30,7 @@ rules:
     match: {groups: [vip]}
     exempt: true
   - id: gpu
-    match: {user_options: {gpu_type: "*"}}
+    match: {user_options: {gpu: {any_except: none}}}
     idle: 20s
   - id: scratch
     match: {servers: ["scratch-*"]}
@@ -38,11 +38,11 @@ rules:
     remove_named_servers: true
 """
 
-# user, server name, user_options
+# user, server name, user_options (as KubeSpawner's profile form stores them)
 DEMO_SERVERS = [
-    ("alice", "", {"profile": "cpu-small"}),
-    ("bob", "", {"profile": "gpu-a100", "gpu_type": "a100"}),
-    ("carol", "", {"profile": "cpu-large"}),
+    ("alice", "", {"profile": "pytorch-env", "resources": "small", "gpu": "none"}),
+    ("bob", "", {"profile": "pytorch-env", "resources": "large", "gpu": "1xa100"}),
+    ("carol", "", {"profile": "tf", "resources": "large", "gpu": "none"}),
     ("dave", "scratch-1", {}),
     ("real-erin", "", {}),
 ]

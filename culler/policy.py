@@ -50,7 +50,11 @@ Duration = Annotated[
 ]
 
 
-Names = Annotated[list[str], BeforeValidator(as_list)]
+Names = Annotated[
+    list[str],
+    BeforeValidator(as_list),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 
 
 class _Model(BaseModel):

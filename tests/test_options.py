@@ -1,10 +1,11 @@
 """Option criteria as KubeSpawner's form stores user_options: choices, free-form values, negation, profiles."""
 
 import pytest
+import yaml
 
 from culler.decide import match
 from culler.options import OptionMatch
-from culler.policy import Match, PolicyError, parse_policy, shadowed_rules
+from culler.policy import Match, PolicyError, parse_policy, policy_schema, shadowed_rules
 from culler.snapshot import ServerSnapshot
 
 # What KubeSpawner 7's form stores (../shared/kubespawner.md): every option of the chosen profile with
@@ -150,3 +151,31 @@ def test_a_profile_rule_shadows_an_option_rule_on_the_same_profile():
         "p.yaml",
     )
     assert len(shadowed_rules(policy)) == 1
+
+
+SCHEMA_CASES = [
+    ("*", True),
+    (["1xa100", "2xh100"], True),
+    ({"any_except": "none"}, True),
+    ({"any_except": ["none"], "free_form": False}, True),
+    ({"free_form": True}, True),
+    ({}, False),
+    ({"not": "none"}, False),
+    ([], False),
+]
+
+
+@pytest.mark.parametrize(("written", "valid"), SCHEMA_CASES)
+def test_the_json_schema_follows_the_criteria(written, valid):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = policy_schema()
+    document = {"version": 1, "rules": [{"match": {"profile": "tf", "user_options": {"gpu": written}}}]}
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(document))
+    assert (not errors) is valid, errors
+    # and the loader agrees with the schema
+    text = yaml.safe_dump(document)
+    if valid:
+        parse_policy(text, "p.yaml")
+    else:
+        with pytest.raises(PolicyError):
+            parse_policy(text, "p.yaml")

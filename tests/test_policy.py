@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from culler.options import OptionMatch
 from culler.policy import (
@@ -348,6 +349,13 @@ def test_shipped_policies_exist():
 def test_shipped_policies_load_cleanly(path):
     policy = load_policy(path, plugins=[])
     assert shadowed_rules(policy) == []
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_policies_follow_the_json_schema(path):
+    jsonschema = pytest.importorskip("jsonschema")
+    document = yaml.safe_load(path.read_text())
+    assert list(jsonschema.Draft202012Validator(policy_schema()).iter_errors(document)) == []
 
 
 def test_default_policy_is_seven_days_idle():
