@@ -233,7 +233,7 @@ def _rule_applies(rule: Rule, stored: Mapping[str, str], free: set[str]) -> tupl
         elif not criterion.matches(stored, key):
             return False, ""
     who = [
-        f"{name} {', '.join(map(str, value))}"
+        f"{name} {', '.join(_shown(v) for v in value)}"
         for name in ("users", "groups", "servers")
         if (value := getattr(criteria, name)) is not None
     ]
@@ -241,6 +241,10 @@ def _rule_applies(rule: Rule, stored: Mapping[str, str], free: set[str]) -> tupl
         who.append("admins" if criteria.admin else "non-admins")
     unsure += who
     return (None, "; ".join(unsure)) if unsure else (True, "")
+
+
+def _shown(name: str) -> str:
+    return name or '""'  # the default server's empty name
 
 
 def _depends_on_text(criterion: OptionMatch, on_unlisted_key: bool) -> str:
