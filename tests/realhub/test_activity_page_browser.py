@@ -6,14 +6,13 @@ screenshot is kept in test-artifacts/ (and the test's temp dir)."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, Browser, start_chromium
+from browser_support import ARTIFACTS, CHROMIUM, chromium_page, log_in
 from realhub_support import CullerHub, start_culler_hub, wait_for
 
 pytestmark = pytest.mark.realhub
@@ -40,33 +39,14 @@ async def listed(hub: CullerHub) -> bool:
 async def test_a_user_finds_their_countdown_in_the_browser(hub: CullerHub, tmp_path: Path) -> None:
     await hub.start_servers((USER, "", None))
     await wait_for(lambda: listed(hub), 30, "a cycle to have seen the server (the page shows the last cycle's)")
-    process, devtools = await start_chromium(tmp_path / "profile")
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(devtools + "/json/list") as answer:
-                targets = json.loads(await answer.text())
-            page = next(target for target in targets if target["type"] == "page")
-            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                browser = Browser(ws)
-                await browser.call("Page.enable")
-                await browser.call("Page.navigate", url=hub.url + "/hub/login")
-                await browser.until("document.querySelector('#username_input') !== null", "the login form")
-                await browser.evaluate(
-                    f"document.querySelector('#username_input').value = '{USER}';"
-                    "document.querySelector('#password_input').value = 'any';"
-                    "document.querySelector('form').submit(); true"
-                )
-                await browser.until("!document.location.pathname.endsWith('/hub/login')", "the login to finish")
-                await browser.call("Page.navigate", url=hub.service_url())
-                text = await browser.until(
-                    "document.body && document.body.innerText.includes('will be stopped in')"
-                    " ? document.body.innerText : ''",
-                    "the countdown on the activity page",
-                )
-                shot = await browser.call("Page.captureScreenshot", format="png")
-    finally:
-        process.kill()
-        process.wait(10)
+    async with chromium_page(tmp_path / "profile") as browser:
+        await log_in(browser, hub.url, USER)
+        await browser.call("Page.navigate", url=hub.service_url())
+        text = await browser.until(
+            "document.body && document.body.innerText.includes('will be stopped in') ? document.body.innerText : ''",
+            "the countdown on the activity page",
+        )
+        shot = await browser.call("Page.captureScreenshot", format="png")
     assert USER in text and re.search(r"will be stopped in 2 days 23 hours", text), text
     png = base64.b64decode(shot["data"])
     assert png.startswith(b"\x89PNG")
