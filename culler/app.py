@@ -22,6 +22,7 @@ from culler.history import StopHistory
 from culler.hub import HubClient, RequestObserver, internal_ssl_context
 from culler.logs import event
 from culler.metrics import Metrics
+from culler.names import Template
 from culler.policy_store import PolicyStore
 from culler.probes import Probe
 from culler.promprobe import PrometheusProbe
@@ -64,11 +65,15 @@ def build_probes(settings: Settings) -> dict[str, Probe]:
     probes: dict[str, Probe] = {}
     if settings.tree_scan_path:
         probes["tree-scan"] = TreeScanProbe(
-            settings.tree_scan_path, budget=settings.tree_scan_budget, hot_size=settings.tree_scan_hot_files
+            Template(settings.tree_scan_path, settings.slug_scheme),
+            budget=settings.tree_scan_budget,
+            hot_size=settings.tree_scan_hot_files,
         )
     if settings.prometheus_url and settings.prometheus_query:
         probes["prometheus"] = PrometheusProbe(
-            settings.prometheus_url, settings.prometheus_query, settings.prometheus_threshold
+            settings.prometheus_url,
+            Template(settings.prometheus_query, settings.slug_scheme),
+            settings.prometheus_threshold,
         )
     return probes
 

@@ -163,7 +163,10 @@ def settings_from(values: dict[str, Any]) -> Settings:
     try:
         return Settings(_secrets_dir=secrets_dir, **values)
     except ValidationError as error:
-        problems = [f"{_flag(str(e['loc'][0])) if e['loc'] else ''}: {e['msg']}" for e in error.errors()]
+        problems = [
+            f"{_flag(str(e['loc'][0])) if e['loc'] else ''}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        ]
         raise UsageError("invalid setting " + "; ".join(problems)) from error
 
 
@@ -293,23 +296,34 @@ def policy_command(argv: Sequence[str]) -> int:
     return check_policies(args.files, args.profile_list)
 
 
-def _configured_probes() -> list[str] | None:
-    """The probes this environment's CULLER_* settings configure (None: the settings don't validate)."""
+TEMPLATE_SETTINGS = ("tree_scan_path", "prometheus_query")
+
+
+def _configured_probes() -> tuple[list[str] | None, list[str]]:
+    """The probes this environment's CULLER_* settings configure (None: the settings don't validate),
+    and the errors of probe templates a running service would refuse."""
     try:
-        return sorted(build_probes(Settings()))
-    except ValidationError:
-        return None
+        return sorted(build_probes(Settings())), []
+    except ValidationError as error:
+        problems = [
+            f"CULLER_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+            if e["loc"] and e["loc"][0] in TEMPLATE_SETTINGS
+        ]
+        return None, problems
 
 
 def check_policies(files: Sequence[Path], profile_list: Path | None = None) -> int:
     plugins = sorted(installed_plugins())
-    configured = _configured_probes()
+    configured, problems = _configured_probes()
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
     try:
         profiles = load_profiles(profile_list) if profile_list else None
     except ProfileListError as error:
         print(f"error: {profile_list}: {error}", file=sys.stderr)
         return 1
-    failed = False
+    failed = bool(problems)
     for path in files:
         try:
             policy = load_policy(path, plugins)

@@ -436,8 +436,9 @@ c.JupyterHub.load_roles = [{{
 
     @property
     def home_template(self) -> str:
-        """Where the spawner puts a user's home, with ``{username}``: the tree-scan probe's template."""
-        return str(self.workdir / "home" / "{username}")
+        """Where the spawner puts a user's home: the tree-scan probe's template (this spawner uses the
+        hub's name as it is, unlike KubeSpawner)."""
+        return str(self.workdir / "home" / "{unescaped_username}")
 
     def home(self, user: str) -> Path:
         """A user's home under this hub (real servers get it created; cheap ones do not)."""

@@ -1,8 +1,9 @@
 """The Prometheus settle probe: a PromQL query per server, quiet while its value stays under a threshold.
 
 For homes the service cannot mount (per-user volumes): query a write rate that Prometheus already
-collects, e.g. ``sum(rate(container_fs_writes_bytes_total{pod="jupyter-{username}"}[2m]))`` or a
-node-exporter NFS rate. ``{username}`` and ``{servername}`` are replaced (quoted for PromQL strings).
+collects, e.g. ``sum(rate(container_fs_writes_bytes_total{pod="jupyter-{user_server}"}[2m]))`` or a
+node-exporter NFS rate. KubeSpawner's names fill the placeholders (culler.names; quoted for PromQL
+strings).
 Quiet is vouched from the first of an unbroken series of quiet answers, by this probe's own clock.
 """
 
@@ -14,6 +15,7 @@ import time
 
 import aiohttp
 
+from culler.names import Template
 from culler.settle import Observation, active, quiet, unknown
 from culler.snapshot import ServerSnapshot
 
@@ -25,18 +27,16 @@ def _promql_string(value: str) -> str:
 class PrometheusProbe:
     name = "prometheus"
 
-    def __init__(self, url: str, query: str, threshold: float = 0.0, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, query: Template | str, threshold: float = 0.0, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/") + "/api/v1/query"
-        self.query = query
+        self.query = query if isinstance(query, Template) else Template(query)
         self.threshold = threshold
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._quiet_since: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def query_for(self, server: ServerSnapshot) -> str:
-        return self.query.replace("{username}", _promql_string(server.user)).replace(
-            "{servername}", _promql_string(server.name)
-        )
+        return self.query.render(server.user, server.name, quote=_promql_string)
 
     async def observe(self, server: ServerSnapshot, window: float = 0.0) -> Observation:
         try:

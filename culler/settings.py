@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from culler.durations import parse_duration
+from culler.names import SlugScheme, TemplateError, check_template
 
 DEFAULT_TIMEOUT = 7 * 86400
 DEFAULT_INTERVAL = 300
@@ -36,6 +37,17 @@ def _seconds_or_none(value: object) -> object:
 
 
 Seconds = Annotated[float, BeforeValidator(_seconds_or_none)]
+
+
+def _template(text: str) -> str:
+    try:
+        check_template(text)
+    except TemplateError as error:
+        raise ValueError(str(error)) from error
+    return text
+
+
+CheckedTemplate = Annotated[str, AfterValidator(_template)]
 
 
 def _env(name: str, *extra: str) -> AliasChoices:
@@ -92,11 +104,18 @@ class Settings(BaseSettings):
     proxy_api_url: str = Field("http://127.0.0.1:8001", description="configurable-http-proxy's API")
     proxy_api_token: SecretStr | None = Field(None, validation_alias=_env("proxy_api_token", "CONFIGPROXY_AUTH_TOKEN"))
 
-    tree_scan_path: str | None = Field(None, description="the tree-scan probe: home mount, e.g. /mnt/homes/{username}")
+    slug_scheme: SlugScheme = Field(
+        "safe", description="how KubeSpawner names things: safe (KubeSpawner 7's default) or escape (KubeSpawner 6)"
+    )
+    tree_scan_path: CheckedTemplate | None = Field(
+        None, description="the tree-scan probe: home mount, e.g. /mnt/homes/{username} (KubeSpawner's names)"
+    )
     tree_scan_budget: float = Field(0.05, gt=0, description="tree-scan: seconds of scanning per server per poll")
     tree_scan_hot_files: int = Field(32, ge=0, description="tree-scan: recently changed files re-checked every poll")
     prometheus_url: str | None = Field(None, description="the Prometheus probe: Prometheus base URL")
-    prometheus_query: str | None = Field(None, description="PromQL with {username}/{servername} placeholders")
+    prometheus_query: CheckedTemplate | None = Field(
+        None, description='PromQL with KubeSpawner\'s names, e.g. pod="jupyter-{user_server}"'
+    )
     prometheus_threshold: float = Field(0.0, description="quiet while the query's value is at most this")
     settle_poll: float = Field(15.0, gt=0, description="seconds between settle polls")
     probe_timeout: float = Field(30.0, gt=0, description="seconds one probe may take to answer")

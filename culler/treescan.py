@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from culler.durations import format_duration
+from culler.names import Template
 from culler.settle import Observation, active, quiet, unknown
 from culler.snapshot import ServerSnapshot
 
@@ -140,18 +141,18 @@ class _ServerScan:
 
 
 class TreeScanProbe:
-    """Settle probe over homes mounted at ``path_template`` (``{username}``, ``{servername}``)."""
+    """Settle probe over homes mounted at ``path_template`` (KubeSpawner's names: culler.names)."""
 
     name = "tree-scan"
 
-    def __init__(self, path_template: str, budget: float = 0.05, hot_size: int = 32) -> None:
-        self.path_template = path_template
+    def __init__(self, path_template: Template | str, budget: float = 0.05, hot_size: int = 32) -> None:
+        self.path_template = path_template if isinstance(path_template, Template) else Template(path_template)
         self.budget = budget
         self.hot_size = hot_size
         self._scans: dict[str, _ServerScan] = {}
 
     def root_for(self, server: ServerSnapshot) -> str:
-        return self.path_template.format(username=server.user, servername=server.name)
+        return self.path_template.render(server.user, server.name)
 
     async def observe(self, server: ServerSnapshot, window: float = 0.0) -> Observation:
         """``window``: the quiet the caller needs. Passes rest that long between them, so the second

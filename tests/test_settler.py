@@ -532,13 +532,13 @@ async def prometheus(aiohttp_server: Any) -> Any:
 )
 async def test_prometheus_answers(prometheus: Any, answer: tuple[int, Any], seen: Seen, error: bool) -> None:
     prometheus.answers = [answer]
-    probe = PrometheusProbe(prometheus.url, 'rate(x{pod="jupyter-{username}"}[2m])', threshold=1.0, timeout=2)
+    probe = PrometheusProbe(prometheus.url, 'rate(x{user="{unescaped_username}"}[2m])', threshold=1.0, timeout=2)
     try:
         observation = await probe.observe(server('o"neil'))
     finally:
         await probe.close()
     assert (observation.seen, observation.error) == (seen, error), observation
-    assert prometheus.queries == ['rate(x{pod="jupyter-o\\"neil"}[2m])']
+    assert prometheus.queries == ['rate(x{user="o\\"neil"}[2m])']  # a raw name, quoted for PromQL
 
 
 async def test_prometheus_quiet_counts_from_the_first_quiet_answer(prometheus: Any) -> None:

@@ -23,7 +23,7 @@ from culler.snapshot import ServerSnapshot
 
 pytestmark = pytest.mark.realhub
 
-QUERY = 'max(home_write_bytes_rate{username="{username}"})'
+QUERY = 'max(home_write_bytes_rate{username="{unescaped_username}"})'
 IDLE = 3
 WINDOW = 3
 SETTLE_POLL = 1
@@ -78,7 +78,7 @@ def snapshot(user: str) -> ServerSnapshot:
 
 
 def query_for(user: str) -> str:
-    return QUERY.replace("{username}", user)
+    return QUERY.replace("{unescaped_username}", user)
 
 
 async def test_probe_class_against_real_prometheus(
