@@ -11,13 +11,11 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from realhub_support import CullerHub, culler_env, start_culler_hub_with, start_process, stop_process, wait_for
-
-from culler.durations import parse_duration
+from realhub_support import CullerHub, culler_env, start_culler_hub_with, stop_process, wait_for
+from settle_support import Writer, assert_no_restart, exited, seen_at, settling_state, waited
 
 pytestmark = pytest.mark.realhub
 
@@ -54,19 +52,6 @@ rules:
     settle: {{probes: [tree-scan], window: {WINDOW}s, max_deferral: {CAP}s, at_cap: skip}}
 """
 
-WRITER = """\
-import sys, time
-path, seconds = sys.argv[1], float(sys.argv[2])
-end = time.monotonic() + seconds
-with open(path, "a") as out:
-    while time.monotonic() < end:
-        out.write("x" * 64 + "\\n")
-        out.flush()
-        time.sleep(0.2)
-"""
-
-Writer = Callable[[Path, float], "subprocess.Popen[bytes]"]
-
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
@@ -86,65 +71,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
 @pytest.fixture(autouse=True)
 async def policy_in_force(hub: CullerHub) -> None:
     await hub.wait_policy(POLICY)
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    """Start writer processes (append to a file every 0.2 s for N seconds); all are stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(path: Path, seconds: float) -> subprocess.Popen[bytes]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        process = start_process([sys.executable, "-c", WRITER, str(path), f"{seconds:g}"], tmp_path / "writer.log")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        stop_process(process)
-
-
-async def exited(process: subprocess.Popen[bytes], timeout: float) -> float:
-    """Wait for a process to end; the monotonic time it was seen ended."""
-
-    async def ended() -> bool:
-        return process.poll() is not None
-
-    await wait_for(ended, timeout, f"process {process.pid} to end", interval=0.1)
-    return time.monotonic()
-
-
-async def seen_at(
-    hub: CullerHub, name: str, timeout: float, since: int, **fields: str
-) -> tuple[dict[str, object], float]:
-    """Wait for a log event, looking often; the event and the wall-clock time it was first seen."""
-
-    async def logged() -> dict[str, object] | None:
-        events = hub.events(name, since, **fields)
-        return events[0] if events else None
-
-    event = await wait_for(logged, timeout, f"log event {name!r} with {fields}", interval=0.05)
-    return event, time.time()
-
-
-def assert_no_restart(hub: CullerHub, since: int, *users: str) -> None:
-    """Settling was never cancelled by "new activity" (none happened: no traffic reached these servers)."""
-    for user in users:
-        restarts = hub.events("new activity; settling cancelled, the server stays", since, user=user)
-        assert not restarts, f"{user}: settling restarted on a spurious activity change: {restarts}"
-
-
-async def settling_state(hub: CullerHub, user: str) -> dict[str, object] | None:
-    """The service's settling entry for ``user``'s default server (its ``api/settling``), if any."""
-    status, body = await hub.get(hub.service_url() + "api/settling", token=hub.admin_token)
-    assert status == 200, f"api/settling: {status} {body}"
-    return next((entry for entry in body["settling"] if entry["server"] == user), None)
-
-
-def waited(event: dict[str, str]) -> float:
-    seconds = parse_duration(event["waited"])
-    assert seconds is not None
-    return seconds
 
 
 async def explain(hub: CullerHub, target: str) -> str:
