@@ -28,6 +28,7 @@ from culler.probes import Probe
 from culler.promprobe import PrometheusProbe
 from culler.proxy_activity import ProxyActivity
 from culler.settings import Settings
+from culler.setup_check import SetupCheck
 from culler.timeutil import utcnow
 from culler.treescan import TreeScanProbe
 from culler.warnings import WarningSender
@@ -162,6 +163,7 @@ class Service:
         self.history = StopHistory(settings.stop_history, settings.stop_history_limit)
         culler.listeners += [self.latest, self.history]
         self.health = Health(settings.interval)
+        self.setup = SetupCheck(culler.hub, self.health, culler.settler.probes, settings.dry_run)
         self._cycle_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
         self._bind_tasks: list[asyncio.Task[None]] = []
@@ -176,7 +178,12 @@ class Service:
             if state.policy is None:
                 self.health.record(started, f"no valid policy: {state.error}")
                 return None
-            report = await self.culler.run(state.policy)
+            policy = await self.setup.before_cycle(state.policy, state.hash)
+            blocker = self.health.blocker()
+            if blocker:  # e.g. a scope every cycle needs: nothing is judged, nothing is stopped
+                self.health.record(started, blocker)
+                return None
+            report = await self.culler.run(policy)
         except Exception as error:  # a guarded root task: log by name, report unhealthy, keep serving
             log.exception("cycle crashed")
             self.health.record(started, f"cycle crashed: {type(error).__name__}: {error}")

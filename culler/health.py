@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from culler.timeutil import isoformat
@@ -14,6 +14,18 @@ class Health:
     last_success: datetime | None = None
     last_error: str | None = None
     cycles: int = 0
+    # what the service found about its own setup: name -> (blocks every cycle, message)
+    conditions: dict[str, tuple[bool, str]] = field(default_factory=dict)
+
+    def condition(self, name: str, message: str | None, blocking: bool = False) -> None:
+        """Set (or, with ``message`` None, clear) a condition shown on health."""
+        if message is None:
+            self.conditions.pop(name, None)
+        else:
+            self.conditions[name] = (blocking, message)
+
+    def blocker(self) -> str | None:
+        return "; ".join(message for blocking, message in self.conditions.values() if blocking) or None
 
     def record(self, at: datetime, error: str | None) -> None:
         self.cycles += 1
@@ -27,6 +39,12 @@ class Health:
             body["last_cycle"] = "failed" if self.last_error else "ok"
         if policy_error:
             body["policy_error"] = policy_error
+        degraded = {name: message for name, (blocking, message) in self.conditions.items() if not blocking}
+        if degraded:
+            body["degraded"] = degraded
+        blocker = self.blocker()
+        if blocker:
+            return False, {**body, "status": "unavailable", "reason": blocker}
         if not has_policy:
             why = policy_error or "not read yet"
             return False, {**body, "status": "unavailable", "reason": f"no valid policy: {why}"}

@@ -157,6 +157,7 @@ class HubClient:
         self.clock = clock or ClockWatch("hub")
         self._now = now  # our clock (tests move it)
         self._session: aiohttp.ClientSession | None = None
+        self.forbidden = 0  # 403 answers so far: the service re-checks its scopes after one
 
     def __repr__(self) -> str:
         return f"HubClient({self.api_url!r})"
@@ -280,6 +281,8 @@ class HubClient:
         return text.replace(self._token, "[secret]") if self._token else text
 
     def _error(self, method: str, template: str, status: int, payload: bytes) -> HubAPIError:
+        if status == 403:
+            self.forbidden += 1
         return _api_error(method, template, status, _snippet(payload, self._token))
 
     def _not_json(self, template: str, status: int, payload: bytes) -> HubProtocolError:
@@ -453,6 +456,10 @@ class HubClient:
         if not isinstance(scopes, list):
             raise HubProtocolError("GET user (token check): no 'scopes' list")
         return frozenset(str(scope) for scope in scopes)
+
+    async def own_scopes(self) -> frozenset[str] | None:
+        """The scopes of the service's own token (None: the hub does not accept it)."""
+        return await self.token_scopes(self._token) if self._token else None
 
     async def delete_user(self, user: str, *, abort: asyncio.Event | None = None) -> bool:
         """True when deleted (or already gone)."""

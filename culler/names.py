@@ -125,6 +125,12 @@ class Template:
     def __post_init__(self) -> None:
         check_template(self.text)
 
+    def root(self) -> str:
+        """The directory above the first placeholder (``/mnt/homes/`` of ``/mnt/homes/{username}``)."""
+        found = _PLACEHOLDER.search(self.text)
+        fixed = self.text if found is None else self.text[: found.start()]
+        return fixed if fixed.endswith("/") else (fixed.rsplit("/", 1)[0] + "/" if "/" in fixed else "./")
+
     def render(self, user: str, server: str, quote: Callable[[str], str] = str) -> str:
         values = names_for(user, server, self.scheme)
         rendered = _PLACEHOLDER.sub(lambda found: quote(values[found[1]]), self.text)

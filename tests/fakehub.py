@@ -104,6 +104,15 @@ class FakeHub:
         self.runaway_next = False  # True: every page has a 'next', past the real total (a buggy hub or proxy)
         self.on_list: Callable[[int], None] | None = None  # called with each listing's offset before answering
         self.auth_status = 401  # the answer to a wrong token
+        # what GET /user says the service's token holds (the hub's expanded scopes)
+        self.scopes = [
+            "list:users",
+            "read:users:activity",
+            "read:users:groups",
+            "read:servers",
+            "delete:servers",
+            "admin:users",
+        ]
         self.slow_stops: dict[tuple[str, str], float] = {}  # server -> seconds until a 202'd stop completes
         self.users: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
@@ -220,6 +229,7 @@ class FakeHub:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get(API + "/users", self._list_users)
+        app.router.add_get(API + "/user", self._whoami)
         app.router.add_get(API + "/users/{name}", self._get_user)
         app.router.add_delete(API + "/users/{name}", self._delete_user)
         app.router.add_delete(API + "/users/{name}/server", self._stop_default)
@@ -349,6 +359,9 @@ class FakeHub:
             nxt = {"offset": offset + limit, "limit": limit, "url": url}
         pagination = {"offset": offset, "limit": limit, "total": len(users), "next": nxt}
         return web.json_response({"items": page, "_pagination": pagination})
+
+    async def _whoami(self, request: web.Request) -> web.Response:
+        return web.json_response({"kind": "service", "name": "activity-culler", "scopes": list(self.scopes)})
 
     async def _get_user(self, request: web.Request) -> web.Response:
         self._settle()

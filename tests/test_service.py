@@ -253,7 +253,7 @@ async def test_the_token_never_appears_in_output(fake: FakeHub, start: Any) -> N
     fake.token = "the-hub-expects-another-token"  # the service's token is rejected: 401
     service = start(fake.url, "--timeout=3600", "--log-level=DEBUG")
     body = await service.health_is(503, lambda b: b.get("cycles", 0) >= 2)
-    assert "401" in body["reason"] and TOKEN not in json.dumps(body)
+    assert "401" in body["reason"] and "token" in body["reason"] and TOKEN not in json.dumps(body)
 
     # A broken proxy echoing the request headers back in its error pages.
     fake.token = TOKEN
@@ -369,3 +369,17 @@ def test_the_probe_timeout_setting_reaches_the_settler() -> None:
     settings = Settings(api_token="t", probe_timeout=7)
     culler = Culler(make_hub(settings), cycle_options(settings))
     assert culler.settler.probe_timeout == 7
+
+
+async def test_a_token_without_a_scope_every_cycle_needs_is_not_ready_and_stops_nothing(
+    fake: FakeHub, start: Any
+) -> None:
+    idle_and_active(fake)
+    fake.scopes = ["list:users", "read:servers", "read:users:activity"]  # no delete:servers
+    service = start(fake.url, "--timeout=3600")
+    body = await service.health_is(503, lambda b: b.get("cycles", 0) >= 3)
+    assert body["reason"] == "the token lacks delete:servers (to stop servers)", body
+    assert not fake.deletes and not fake.calls("GET", USERS)  # nothing listed, nothing stopped
+    fake.scopes.append("delete:servers")  # the admin fixes the role: the next cycle sees it
+    await service.health_is(200, lambda b: b.get("status") == "ok")
+    await wait_for(lambda: fake.deleted_servers() == [("idle-user", "")], "the idle server's stop")
