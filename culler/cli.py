@@ -26,6 +26,7 @@ from culler.explain import changes, changes_table, describe, explain_table
 from culler.hub import HubClient, HubError
 from culler.logs import setup_logging
 from culler.metrics import Metrics
+from culler.names import Template
 from culler.plugins import installed_plugins
 from culler.policy import (
     Policy,
@@ -83,11 +84,13 @@ _VALUE_FLAGS: dict[str, str] = {
     "service_prefix": "URL prefix (default $JUPYTERHUB_SERVICE_PREFIX or /)",
     "activity_source": "hub (the hub's last_activity, default) or proxy (configurable-http-proxy route activity)",
     "proxy_api_url": "configurable-http-proxy's API (default http://127.0.0.1:8001; token: $CONFIGPROXY_AUTH_TOKEN)",
-    "tree_scan_path": "settle probe tree-scan: where homes are mounted, e.g. /mnt/homes/{username}",
+    "tree_scan_path": "settle probe tree-scan: where homes are mounted, e.g. /mnt/homes/{username} "
+    "(KubeSpawner's names: README, Placeholders)",
     "tree_scan_budget": "tree-scan: seconds of scanning per server per settle poll (default 0.05)",
     "tree_scan_hot_files": "tree-scan: recently changed files re-checked at every poll (default 32)",
     "prometheus_url": "settle probe prometheus: the Prometheus base URL",
-    "prometheus_query": "prometheus: PromQL with {username}/{servername}, e.g. a write rate",
+    "prometheus_query": "prometheus: PromQL with KubeSpawner's names, e.g. a write rate of "
+    'pod="jupyter-{user_server}"',
     "prometheus_threshold": "prometheus: quiet while the value is at most this (default 0)",
     "settle_poll": "seconds between settle polls (default 15)",
     "probe_timeout": "seconds one probe may take (default 30)",
@@ -299,25 +302,37 @@ def policy_command(argv: Sequence[str]) -> int:
 TEMPLATE_SETTINGS = ("tree_scan_path", "prometheus_query")
 
 
-def _configured_probes() -> tuple[list[str] | None, list[str]]:
-    """The probes this environment's CULLER_* settings configure (None: the settings don't validate),
-    and the errors of probe templates a running service would refuse."""
+def _environment_check() -> tuple[list[str] | None, list[str], list[str]]:
+    """What this environment's CULLER_* settings say for a policy check: the probes they configure (None:
+    the settings don't validate), errors in probe templates a service would refuse, and warnings."""
     try:
-        return sorted(build_probes(Settings())), []
+        settings = Settings()
     except ValidationError as error:
         problems = [
             f"CULLER_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
             for e in error.errors()
             if e["loc"] and e["loc"][0] in TEMPLATE_SETTINGS
         ]
-        return None, problems
+        return None, problems, []
+    probes = ["tree-scan"] if settings.tree_scan_path else []
+    probes += ["prometheus"] if settings.prometheus_url and settings.prometheus_query else []
+    warnings = []
+    if settings.tree_scan_path:
+        root = Template(settings.tree_scan_path, settings.slug_scheme).root()
+        if not os.path.isdir(root):
+            warnings.append(
+                f"CULLER_TREE_SCAN_PATH: the root {root} does not exist here (where the homes are mounted?)"
+            )
+    return probes, [], warnings
 
 
 def check_policies(files: Sequence[Path], profile_list: Path | None = None) -> int:
     plugins = sorted(installed_plugins())
-    configured, problems = _configured_probes()
+    configured, problems, setup_warnings = _environment_check()
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    for warning in setup_warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         profiles = load_profiles(profile_list) if profile_list else None
     except ProfileListError as error:

@@ -134,3 +134,14 @@ def test_policy_check_and_once_refuse_an_unknown_placeholder(tmp_path):
     assert "invalid setting --tree-scan-path: unknown placeholder {userid}" in once.stderr
     good = run_culler("policy", "check", str(policy), CULLER_TREE_SCAN_PATH="/homes/{username}")
     assert good.returncode == 0, good.stderr
+
+
+def test_policy_check_warns_about_a_tree_scan_root_that_does_not_exist(tmp_path):
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\ndefaults:\n  settle: {probes: [tree-scan]}\n")
+    missing = run_culler("policy", "check", str(policy), CULLER_TREE_SCAN_PATH=str(tmp_path / "homes" / "{username}"))
+    assert missing.returncode == 0
+    assert f"warning: CULLER_TREE_SCAN_PATH: the root {tmp_path}/homes/ does not exist here" in missing.stderr
+    (tmp_path / "homes").mkdir()
+    present = run_culler("policy", "check", str(policy), CULLER_TREE_SCAN_PATH=str(tmp_path / "homes" / "{username}"))
+    assert present.returncode == 0 and "warning" not in present.stderr, present.stderr
