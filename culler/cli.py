@@ -84,6 +84,7 @@ _VALUE_FLAGS: dict[str, str] = {
     "service_prefix": "URL prefix (default $JUPYTERHUB_SERVICE_PREFIX or /)",
     "activity_source": "hub (the hub's last_activity, default) or proxy (configurable-http-proxy route activity)",
     "proxy_api_url": "configurable-http-proxy's API (default http://127.0.0.1:8001; token: $CONFIGPROXY_AUTH_TOKEN)",
+    "slug_scheme": "how KubeSpawner names users' pods and homes: safe (KubeSpawner 7, default) or escape (6)",
     "tree_scan_path": "settle probe tree-scan: where homes are mounted, e.g. /mnt/homes/{username} "
     "(KubeSpawner's names: README, Placeholders)",
     "tree_scan_budget": "tree-scan: seconds of scanning per server per settle poll (default 0.05)",
