@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -33,23 +32,6 @@ USERS = [
     "",
 ]
 SERVERS = ["", "gpu", "My Server", "a--b", "s" * 40, "ünï"]
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(tmp_path_factory):
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
-        "users": [{"name": "none", "user": {"token": "unused"}}],
-        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none", "namespace": "lab"}}],
-        "current-context": "none",
-    }
-    path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(json.dumps(config))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-        yield path
 
 
 @pytest.fixture

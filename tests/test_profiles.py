@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import html.parser
-import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -48,25 +47,6 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 def lab_profiles() -> list[dict[str, Any]]:
     return yaml.safe_load(PROFILES.read_text())["singleuser"]["profileList"]
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(tmp_path_factory):
-    """A kubeconfig whose API server is an address nothing listens on: KubeSpawner loads it, never calls it."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
-        "users": [{"name": "none", "user": {"token": "unused"}}],
-        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none", "namespace": "lab"}}],
-        "current-context": "none",
-    }
-    path = tmp_path_factory.mktemp("kube") / "config"
-    path.write_text(json.dumps(config))
-    with pytest.MonkeyPatch.context() as patch:
-        # read once when kubernetes_asyncio is imported, so $KUBECONFIG would come too late here
-        patch.setattr("kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-        yield path
 
 
 @pytest.fixture
