@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from culler.cycle import CycleReport, Result
-from culler.decide import Action, Decision
+from culler.decide import Decision
 from culler.durations import format_duration
 from culler.timeutil import isoformat, utcnow
+from culler.views import ServerState, state_of
 
 _UNITS = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
@@ -65,19 +66,18 @@ def row(
     until: float | None = None
     stop_at = decision.stop_at
     which = f"Your server {server_name(server.name)}"
-    if decision.action is Action.SKIP:
-        state, message, stop_at = "pending", f"{which} is starting or stopping: not judged now.", None
-    elif decision.action is Action.EXEMPT:
-        state, message, stop_at = "exempt", "exempt: never stopped", None
-    elif settle is not None:
-        state, until = "settling", 0.0
-        message = f"{which} is due to stop: waiting for your home directory to be quiet"
-    elif decision.action is Action.STOP:
-        state, until, message = "due", 0.0, f"{which} is due to be stopped now."
+    state = state_of(decision, settle is not None)
+    if state is ServerState.PENDING:
+        message, stop_at = f"{which} is starting or stopping: not judged now.", None
+    elif state is ServerState.EXEMPT:
+        message, stop_at = "exempt: never stopped", None
+    elif state is ServerState.SETTLING:
+        until, message = 0.0, f"{which} is due to stop: waiting for your home directory to be quiet"
+    elif state is ServerState.DUE:
+        until, message = 0.0, f"{which} is due to be stopped now."
     elif stop_at is None:
-        state, message = "keep", f"{which} will not be stopped."
+        message = f"{which} will not be stopped."
     else:
-        state = "keep"
         until = max(0.0, (stop_at - now).total_seconds())
         if until > 0:
             message = f"{which} will be stopped in {humanize(until)} unless you use it."
@@ -89,7 +89,7 @@ def row(
         "last_activity": isoformat(server.activity_time),
         "idle": format_duration(idle) if idle is not None else None,
         "rule": decision.rule_id,
-        "decision": state,
+        "decision": str(state),
         "stop_at": isoformat(stop_at),
         "seconds_until_stop": None if until is None else round(until),
         "message": message,

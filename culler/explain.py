@@ -8,6 +8,7 @@ from datetime import datetime
 from culler.decide import Action, Decision
 from culler.durations import format_duration
 from culler.timeutil import isoformat
+from culler.views import state_of
 
 
 def verdict(decision: Decision, now: datetime) -> str:
@@ -38,6 +39,7 @@ def describe(decision: Decision, now: datetime, settling: Settling | None = None
         "reason": decision.reason,
     }
     info = (settling or {}).get(server.label)
+    row["state"] = str(state_of(decision, info is not None))
     if info is not None:
         row["decision"] = f"settling since {info.get('since')} (cap in {info.get('cap_in')}, then {info.get('at_cap')})"
         row["reason"] = str(info.get("state"))

@@ -11,6 +11,7 @@ observer); the policy and settling figures are read from their owners at scrape 
 from __future__ import annotations
 
 import time
+from collections import Counter as Tally
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,11 +25,12 @@ from culler.listing import REASONS as LISTING_FAILURES
 from culler.policy_store import PolicyStore
 from culler.settler import Settler
 from culler.timeutil import utcnow
+from culler.views import ServerState, state_of
 from culler.warnings import WarningSender
 
 PREFIX = "activity_culler"
 STOP_OUTCOMES = ("stopped", "slow-stopping", "gone", "failed", "would-stop", "kept-on-recheck")
-SERVER_STATES = ("ready", "pending", "settling", "exempt", "keep", "due")
+SERVER_STATES = tuple(str(state) for state in ServerState)  # exclusive: they sum to the listed servers
 ENDPOINTS = (
     ("GET", "users"),
     ("GET", "users/{name}"),
@@ -64,7 +66,9 @@ class Metrics:
         self.last_success = Gauge(
             f"{PREFIX}_last_successful_cycle_timestamp_seconds", "When the last successful cycle ended", registry=r
         )
-        self.servers = Gauge(f"{PREFIX}_servers", "Servers seen by the last cycle, by state", ["state"], registry=r)
+        self.servers = Gauge(
+            f"{PREFIX}_servers", "Servers seen by the last cycle, by state (each in exactly one)", ["state"], registry=r
+        )
         self.stops = Counter(f"{PREFIX}_stops", "Stops by outcome and policy rule", ["outcome", "rule"], registry=r)
         self.unverified = Counter(
             f"{PREFIX}_settle_unverified_stops", "Stops made at the settle cap without quiet", registry=r
@@ -152,21 +156,10 @@ class Metrics:
             self.unverified.inc()
 
     def _count_servers(self, report: CycleReport) -> None:
-        counts = dict.fromkeys(SERVER_STATES, 0)
-        for decision in report.decisions:
-            if decision.action is Action.SKIP:
-                counts["pending"] += 1
-                continue
-            counts["ready"] += 1
-            if decision.action is Action.EXEMPT:
-                counts["exempt"] += 1
-            elif decision.action is Action.KEEP:
-                counts["keep"] += 1
-            else:
-                counts["due"] += 1
-        counts["settling"] = len(self._settler.settling) if self._settler is not None else 0
-        for state, value in counts.items():
-            self.servers.labels(state).set(value)
+        settling = self._settler.settling if self._settler is not None else {}
+        counts = Tally(state_of(d, d.server.key in settling) for d in report.decisions)
+        for state in ServerState:
+            self.servers.labels(str(state)).set(counts[state])
 
     def _until_stop(self, decisions: list[Decision]) -> None:
         self.until_stop.clear()

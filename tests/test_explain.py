@@ -68,6 +68,7 @@ def test_describe_row():
         "rule": "default",
         "decision": "keep, stop at 2024-06-01T14:00:00Z (in 2h)",
         "reason": "idle 1h of 3h (rule default); stops at 2024-06-01T14:00:00Z",
+        "state": "keep",  # the page's and the metrics' word for it (culler.views)
     }
 
 
@@ -179,3 +180,12 @@ async def test_explain_skips_a_malformed_user_as_the_service_does(aiohttp_server
     servers = await _fetch_servers(HubClient(str(server.make_url(API)), TOKEN), None)
     assert [s.user for s in servers] == ["alice"]
     assert "broken" in capsys.readouterr().err
+
+
+def test_explain_names_the_state_the_page_and_metrics_use():
+    due = evaluate(policy(idle="1m"), server("alice"), NOW)
+    assert describe(due, NOW)["state"] == "due"
+    assert describe(due, NOW, {"alice": {"since": "x", "cap_in": "1h", "at_cap": "stop", "state": "s"}})["state"] == (
+        "settling"
+    )
+    assert describe(evaluate(policy(), server("bob", pending="spawn"), NOW), NOW)["state"] == "pending"

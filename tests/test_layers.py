@@ -23,6 +23,7 @@ PURE = [
     "listing",
     "options",
     "profiles",
+    "views",
 ]
 FORBIDDEN = {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
 

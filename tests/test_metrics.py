@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
 from culler.guard import GuardResult
-from culler.metrics import STOP_OUTCOMES, Metrics
+from culler.metrics import SERVER_STATES, STOP_OUTCOMES, Metrics
 from culler.policy import Settle
 from culler.policy_store import PolicyStore
 from culler.settle import Observation, active, unknown
@@ -83,10 +83,10 @@ def test_a_successful_cycle_records_servers_guard_duration_and_deletions() -> No
 
     assert value(metrics, f"{P}_cycles_total", result="ok") == 1
     assert value(metrics, f"{P}_cycles_total", result="failed") == 0
-    states = {state: value(metrics, f"{P}_servers", state=state) for state in ("ready", "pending", "exempt", "keep")}
-    assert states == {"ready": 4, "pending": 1, "exempt": 1, "keep": 1}
-    assert value(metrics, f"{P}_servers", state="due") == 2
-    assert value(metrics, f"{P}_servers", state="settling") == 0  # no settler watched
+    states = {state: value(metrics, f"{P}_servers", state=state) for state in SERVER_STATES}
+    # exclusive: every listed server in exactly one state (no "ready" superset)
+    assert states == {"pending": 1, "exempt": 1, "keep": 1, "due": 2, "settling": 0}  # no settler watched
+    assert value(metrics, f"{P}_servers", state="ready") is None
     assert value(metrics, f"{P}_mass_stop_guard_activations_total") == 1
     assert value(metrics, f"{P}_mass_stop_guard_held_servers") == 1
     assert value(metrics, f"{P}_users_deleted_total") == 1
@@ -108,7 +108,7 @@ def test_a_failed_cycle_is_counted_and_leaves_the_last_success_and_server_counts
     assert value(metrics, f"{P}_cycles_total", result="ok") == 1
     assert value(metrics, f"{P}_cycle_duration_seconds_count") == 2
     assert value(metrics, f"{P}_last_successful_cycle_timestamp_seconds") == last
-    assert value(metrics, f"{P}_servers", state="ready") == 4
+    assert value(metrics, f"{P}_servers", state="keep") == 1
     assert value(metrics, f"{P}_mass_stop_guard_activations_total") == 1
 
 
@@ -264,8 +264,10 @@ async def test_live_collector_reports_settling_servers_deferrals_and_probe_error
     settler.admit(decision("a-1", Action.STOP, settle=settle))
     settler.admit(decision("a-2", Action.STOP, settle=settle))
     assert value(metrics, f"{P}_settling_servers") == 2
-    metrics.cycle_done(a_report())  # servers{state="settling"} counts every settling server, not just new ones
+    metrics.cycle_done(a_report())  # the listed settling servers count as settling, and not as due too
     assert value(metrics, f"{P}_servers", state="settling") == 2
+    assert value(metrics, f"{P}_servers", state="due") == 0
+    assert sum(value(metrics, f"{P}_servers", state=state) or 0 for state in SERVER_STATES) == 5
 
     await settler.poll()
     await settler.poll()
@@ -286,4 +288,4 @@ def test_the_exposition_has_no_per_user_series_by_default(tmp_path: Path) -> Non
     metrics.cycle_done(a_report())
     text = generate_latest(metrics.registry).decode()
     assert 'user="' not in text and "username" not in text
-    assert f'{P}_servers{{state="ready"}} 4.0' in text
+    assert f'{P}_servers{{state="due"}} 2.0' in text

@@ -8,6 +8,7 @@ own rule. Windows, caps and polls are seconds so the module stays short.
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -73,6 +74,23 @@ async def policy_in_force(hub: CullerHub) -> None:
     await hub.wait_policy(POLICY)
 
 
+async def states_sum_to_the_listed_servers(hub: CullerHub) -> None:
+    """While a server settles, the per-state gauge counts each listed server once (settling is not due too)."""
+    await hub.create_users(["settle-metrics-reader"])
+    token = await hub.user_token("settle-metrics-reader", note="metrics")  # the snippet's user role may read them
+
+    async def agree() -> bool:
+        status, text = await hub.get(hub.service_url() + "metrics", token=token)
+        assert status == 200, text
+        states = {
+            m[1]: float(m[2]) for m in re.finditer(r'^activity_culler_servers\{state="(\w+)"\} (\S+)$', text, re.M)
+        }
+        _, listed = await hub.get(hub.service_url() + "api/servers?all=1", token=hub.admin_token)
+        return states.get("settling", 0) >= 1 and sum(states.values()) == len(listed["servers"])
+
+    await wait_for(agree, 15, "the per-state server gauge to sum to the servers the last cycle listed")
+
+
 async def explain(hub: CullerHub, target: str) -> str:
     """``explain TARGET`` against the live hub, as an admin would run it (it reads the service's
     settling servers through the proxy with the admin's token)."""
@@ -106,6 +124,7 @@ async def test_writer_defers_the_stop(hub: CullerHub, writer: Writer) -> None:
 
     await wait_for(probe_sees_writes, 10, "the tree-scan probe to report the writer (api/settling)")
     assert process.poll() is None, "the writer ended before the probe saw it"
+    await states_sum_to_the_listed_servers(hub)
     explained = await explain(hub, user)
     assert "settling since" in explained and "tree-scan: active" in explained, explained
 
