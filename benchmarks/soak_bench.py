@@ -175,7 +175,7 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
         culler = Culler(hub, options, probes={"tree-scan": probe})
         latest, history, metrics = LatestDecisions(), StopHistory(None, 1000), Metrics(per_server=True)
         warnings = WarningSender(hook, 1.5, retries=0, timeout=2)
-        culler.listeners += [latest, history, metrics, warnings]
+        culler.events.subscribe(latest, history, metrics, warnings)
         page = ActivityWeb("/", lambda: [], history, _identify, None)
         page.sessions.cap = page.states.cap = 200
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from culler.cycle import CycleReport, Result
 from culler.decide import Decision
 from culler.durations import format_duration
+from culler.events import CycleDecided, Event, StopEnded
 from culler.timeutil import isoformat, utcnow
 from culler.views import ServerState, state_of
 
@@ -21,11 +22,18 @@ class History(Protocol):
 
 
 class LatestDecisions:
-    """A ``Listener`` keeping the decisions of the latest cycle that listed the hub."""
+    """An observer keeping the decisions of the latest cycle that listed the hub."""
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
         self.at: datetime | None = None
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         if report.decisions or report.error is None:

@@ -161,7 +161,7 @@ class Service:
         self.metrics = metrics
         self.latest = LatestDecisions()
         self.history = StopHistory(settings.stop_history, settings.stop_history_limit)
-        culler.listeners += [self.latest, self.history]
+        culler.events.subscribe(self.latest, self.history)
         self.health = Health(settings.interval)
         self.setup = SetupCheck(culler.hub, self.health, culler.settler.probes, settings.dry_run)
         self._cycle_task: asyncio.Task[None] | None = None
@@ -216,7 +216,7 @@ class Service:
 
     async def _drain_warnings(self) -> None:
         """Deliver the last notices (the final "stopped" ones come from the follow-ups), bounded."""
-        for listener in self.culler.listeners:
+        for listener in self.culler.events.observers:
             if isinstance(listener, WarningSender):
                 await listener.drain(self.settings.shutdown_timeout)
                 await listener.close()

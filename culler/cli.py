@@ -254,7 +254,7 @@ def _serve(argv: Sequence[str]) -> int:
     hub = make_hub(settings, observer=metrics.hub_request)
     culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings))
     warnings = make_warnings(settings)
-    culler.listeners += [metrics] + ([warnings] if warnings else [])
+    culler.events.subscribe(metrics, *([warnings] if warnings else []))
     clocks = [hub.clock] + ([culler.activity.clock] if culler.activity is not None else [])
     metrics.watch(store, culler.settler, warnings, clocks)
     if store.state.policy is not None:

@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
 
 from culler.clock import Reading
 from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
 from culler.durations import format_duration
+from culler.events import Bus, CycleDecided, StopEnded
 from culler.guard import GuardResult, apply_guard
 from culler.hub import HubClient, HubError, HubInterrupted, HubListingError, StopOutcome
 from culler.logs import event
@@ -90,15 +90,6 @@ class CycleReport:
 
     def counts(self) -> Counter[str]:
         return Counter(self.results.values())
-
-
-class Listener(Protocol):
-    """Told about cycles and stop outcomes (metrics, warnings, stop history). Must return quickly: work
-    that waits (a webhook) goes to a task of its own. Exceptions are logged, never raised."""
-
-    def cycle_done(self, report: CycleReport) -> None: ...
-
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None: ...
 
 
 def snapshots(users: list[object], reading: Reading | None = None) -> tuple[list[ServerSnapshot], list[str]]:
@@ -203,7 +194,7 @@ class Culler:
         self.settler = Settler(probes or {}, self._stop, confirm=self._still_due, probe_timeout=options.probe_timeout)
         self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
         self._policy: Policy | None = None  # the latest cycle's, for confirming settled stops
-        self.listeners: list[Listener] = []
+        self.events = Bus()  # metrics, warnings, stop history and the page observe cycles and stops
 
     async def run(self, policy: Policy) -> CycleReport:
         began, cpu_began = time.monotonic(), time.process_time()
@@ -212,15 +203,8 @@ class Culler:
         report.cpu_seconds = time.process_time() - cpu_began
         if report.ok:
             self._summarise(report)
-        self._notify("cycle_done", report)
+        self.events.publish(CycleDecided(report))
         return report
-
-    def _notify(self, what: str, *args: object) -> None:
-        for listener in self.listeners:
-            try:
-                getattr(listener, what)(*args)
-            except Exception:  # an observer's bug must not cost a stop or a cycle
-                log.exception("listener %s.%s failed", type(listener).__name__, what)
 
     async def _run(self, policy: Policy) -> CycleReport:
         report = CycleReport(started=self.clock())
@@ -324,11 +308,11 @@ class Culler:
         if recheck and not self.stopping.is_set() and await self._still_due(decision) is not True:
             fields = {"user": decision.server.user, "server": decision.server.name, "rule": decision.rule_id}
             event(log, logging.INFO, "not stopping: re-read before the stop, it is not (surely) idle", **fields)
-            self._notify("server_stopped", decision, Result.RECHECKED, settle)
+            self.events.publish(StopEnded(decision, Result.RECHECKED, settle))
             return Result.RECHECKED
         result = await self._stop_once(decision, settle)
         if result is not Result.INTERRUPTED:
-            self._notify("server_stopped", decision, result, settle)
+            self.events.publish(StopEnded(decision, result, settle))
         return result
 
     async def _stop_once(self, decision: Decision, settle: str | None) -> Result:
@@ -377,7 +361,7 @@ class Culler:
             outcome = await self._follow_up(server)
             result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.SLOW
             event(log, logging.INFO if result is Result.STOPPED else logging.WARNING, f"server {result}", **fields)
-            self._notify("server_stopped", decision, result, fields.get("settle"))
+            self.events.publish(StopEnded(decision, result, fields.get("settle")))
             return result
         finally:
             self._follow_ups.pop(server.key, None)

@@ -1,4 +1,4 @@
-"""The stop history: which servers the service stopped, when and why (a ``Listener``).
+"""The stop history: which servers the service stopped, when and why (an observer of stops).
 
 Kept in memory (bounded) and, when a path is set, appended as JSON lines so that it outlives restarts."""
 
@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from culler.cycle import CycleReport, Result
+from culler.cycle import Result
 from culler.decide import Decision
+from culler.events import Event, StopEnded
 from culler.timeutil import isoformat, utcnow
 
 log = logging.getLogger("culler.history")
@@ -45,8 +46,10 @@ class StopHistory:
         except OSError as error:
             log.warning("cannot read the stop history %s: %s", path, error)
 
-    def cycle_done(self, report: CycleReport) -> None:
-        return None
+    def observe(self, event: Event) -> None:
+        match event:
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
 
     def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
         if result not in RECORDED:

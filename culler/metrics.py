@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from culler.clock import ClockWatch
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.events import CycleDecided, Event, StopEnded
 from culler.listing import REASONS as LISTING_FAILURES
 from culler.policy_store import PolicyStore
 from culler.settler import Settler
@@ -128,6 +129,13 @@ class Metrics:
     def hub_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         self.requests.labels(method, endpoint, status).inc()
         self.request_duration.labels(method, endpoint).observe(seconds)
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         self.cycles.labels("ok" if report.ok else "failed").inc()

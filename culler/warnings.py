@@ -1,6 +1,6 @@
 """Stop warnings: a webhook told before a server is stopped (``warning``) and when it was (``stopped``).
 
-``WarningSender`` is a cycle ``Listener``. After each successful cycle it POSTs one ``warning`` per
+``WarningSender`` observes cycles and stops (culler.events). After each successful cycle it POSTs one ``warning`` per
 server per idle period for the servers kept now but due within ``warn_before``; an idle period is the
 server plus its activity time, so a server that is used again (a new activity time) may be warned again
 in its next idle period. When the culler stops a server (``Result.STOPPED``, including the final stop
@@ -50,6 +50,7 @@ import aiohttp
 
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.events import CycleDecided, Event, StopEnded
 from culler.logs import event
 from culler.timeutil import isoformat, utcnow
 
@@ -127,7 +128,14 @@ class WarningSender:
         self._warned: dict[str, datetime | None] = {}  # server key -> activity time of the warned period
         self._stopped: dict[str, datetime | None] = {}  # same, for stop notices
 
-    # --- Listener -------------------------------------------------------------------------------
+    # --- observing the engine -------------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         if not report.ok:

@@ -73,7 +73,7 @@ async def test_a_next_that_keeps_moving_forward_fails_the_cycle_with_bounded_req
     fake.runaway_next = True  # empty pages past the total, each with a 'next' further on
     metrics = Metrics()
     culler = make_culler(client={"page_size": 10})
-    culler.listeners.append(metrics)
+    culler.events.subscribe(metrics)
     report = await culler.run(HOUR_POLICY)
     assert not report.ok and report.listing_failure == "empty-page"
     assert "empty page" in (report.error or "")
@@ -278,7 +278,7 @@ async def test_retry_after_holds_the_next_cycle_too(fake: FakeHub, make_culler: 
     fake.fail("GET", USERS, status=429, headers={"Retry-After": value})
     metrics = Metrics()
     culler = make_culler()
-    culler.listeners.append(metrics)
+    culler.events.subscribe(metrics)
     first = await culler.run(HOUR_POLICY)
     assert not first.ok and "Retry-After" in (first.error or "")
     second = await culler.run(HOUR_POLICY)  # the next cycle: nothing is sent, and it counts as failed
