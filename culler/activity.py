@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from culler.cycle import CycleReport, Result
 from culler.decide import Decision
 from culler.durations import format_duration
-from culler.events import CycleDecided, Event, StopEnded
+from culler.events import CycleAndStopObserver
 from culler.timeutil import isoformat, utcnow
 from culler.views import ServerState, state_of
 
@@ -21,19 +21,12 @@ class History(Protocol):
     def last_stop(self, user: str, server: str) -> dict[str, str | None] | None: ...
 
 
-class LatestDecisions:
+class LatestDecisions(CycleAndStopObserver):
     """An observer keeping the decisions of the latest cycle that listed the hub."""
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
         self.at: datetime | None = None
-
-    def observe(self, event: Event) -> None:
-        match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result, settle=settle):
-                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         if report.decisions or report.error is None:

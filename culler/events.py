@@ -42,6 +42,23 @@ class Observer(Protocol):
     def observe(self, event: Event) -> None: ...
 
 
+class CycleAndStopObserver:
+    """Base of observers that handle both events, each with its own method."""
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
+
+    def cycle_done(self, report: CycleReport) -> None:
+        return None
+
+    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
+        return None
+
+
 class Bus:
     def __init__(self) -> None:
         self.observers: list[Observer] = []

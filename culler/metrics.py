@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from culler.clock import ClockWatch
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
-from culler.events import CycleDecided, Event, StopEnded
+from culler.events import CycleAndStopObserver
 from culler.listing import REASONS as LISTING_FAILURES
 from culler.policy_store import PolicyStore
 from culler.settler import Settler
@@ -42,7 +42,7 @@ ENDPOINTS = (
 DEFERRAL_REASONS = ("active", "unknown", "window", "cap")
 
 
-class Metrics:
+class Metrics(CycleAndStopObserver):
     def __init__(self, registry: CollectorRegistry | None = None, per_server: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
         self.per_server = per_server
@@ -129,13 +129,6 @@ class Metrics:
     def hub_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         self.requests.labels(method, endpoint, status).inc()
         self.request_duration.labels(method, endpoint).observe(seconds)
-
-    def observe(self, event: Event) -> None:
-        match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result, settle=settle):
-                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         self.cycles.labels("ok" if report.ok else "failed").inc()

@@ -50,7 +50,7 @@ import aiohttp
 
 from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
-from culler.events import CycleDecided, Event, StopEnded
+from culler.events import CycleAndStopObserver
 from culler.logs import event
 from culler.timeutil import isoformat, utcnow
 
@@ -92,7 +92,7 @@ def _when(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-class WarningSender:
+class WarningSender(CycleAndStopObserver):
     """Webhook notifications before and at a stop (see the module docstring for the payload)."""
 
     def __init__(
@@ -129,13 +129,6 @@ class WarningSender:
         self._stopped: dict[str, datetime | None] = {}  # same, for stop notices
 
     # --- observing the engine -------------------------------------------------------------------------------
-
-    def observe(self, event: Event) -> None:
-        match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result, settle=settle):
-                self.server_stopped(decision, result, settle)
 
     def cycle_done(self, report: CycleReport) -> None:
         if not report.ok:
