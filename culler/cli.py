@@ -315,8 +315,6 @@ def _environment_check() -> tuple[list[str] | None, list[str], list[str]]:
             if e["loc"] and e["loc"][0] in TEMPLATE_SETTINGS
         ]
         return None, problems, []
-    probes = ["tree-scan"] if settings.tree_scan_path else []
-    probes += ["prometheus"] if settings.prometheus_url and settings.prometheus_query else []
     warnings = []
     if settings.tree_scan_path:
         root = Template(settings.tree_scan_path, settings.slug_scheme).root()
@@ -324,7 +322,7 @@ def _environment_check() -> tuple[list[str] | None, list[str], list[str]]:
             warnings.append(
                 f"CULLER_TREE_SCAN_PATH: the root {root} does not exist here (where the homes are mounted?)"
             )
-    return probes, [], warnings
+    return settings.configured_probes(), [], warnings
 
 
 def check_policies(files: Sequence[Path], profile_list: Path | None = None) -> int:

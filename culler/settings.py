@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     def interval(self) -> float:
         return self.cull_every or DEFAULT_INTERVAL
 
+    def configured_probes(self) -> list[str]:
+        """The settle probes these settings set up, by the names policies use (sorted)."""
+        probes = ["tree-scan"] if self.tree_scan_path else []
+        return sorted(probes + (["prometheus"] if self.prometheus_url and self.prometheus_query else []))
+
     def policy_flags_given(self) -> list[str]:
         return [name for name in POLICY_FLAGS if getattr(self, name) is not None]
 

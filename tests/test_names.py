@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
+from process_support import culler_env
 
 from culler.names import PLACEHOLDERS, SLUG_SCHEMES, Template, TemplateError, check_template, names_for
 from culler.promprobe import PrometheusProbe
@@ -99,10 +99,8 @@ def test_probes_fill_their_templates_with_kubespawners_names(tmp_path):
 
 
 def run_culler(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CULLER_", "JUPYTERHUB_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "culler", *args], env={**clean, **env}, capture_output=True, text=True, timeout=60
-    )
+    command = [sys.executable, "-m", "culler", *args]
+    return subprocess.run(command, env=culler_env(**env), capture_output=True, text=True, timeout=60)
 
 
 def test_policy_check_and_once_refuse_an_unknown_placeholder(tmp_path):
@@ -127,3 +125,20 @@ def test_policy_check_warns_about_a_tree_scan_root_that_does_not_exist(tmp_path)
     (tmp_path / "homes").mkdir()
     present = run_culler("policy", "check", str(policy), CULLER_TREE_SCAN_PATH=str(tmp_path / "homes" / "{username}"))
     assert present.returncode == 0 and "warning" not in present.stderr, present.stderr
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"tree_scan_path": "/h/{username}"},
+        {"prometheus_url": "http://127.0.0.1:9"},
+        {"tree_scan_path": "/h/{username}", "prometheus_url": "http://127.0.0.1:9", "prometheus_query": "x"},
+    ],
+)
+def test_policy_check_and_the_service_agree_on_the_configured_probes(settings):
+    from culler.app import build_probes
+    from culler.settings import Settings
+
+    made = Settings(**settings)
+    assert sorted(build_probes(made)) == made.configured_probes()
