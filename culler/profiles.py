@@ -352,10 +352,11 @@ def _unknown_keys(policy: Policy, profiles: list[Profile]) -> list[str]:
 
 def _star_on_none(policy: Policy, profiles: list[Profile]) -> list[str]:
     warnings = []
+    by_key = _options_by_key(profiles)
     for index, rule in enumerate(policy.rules):
         for key, criterion in (rule.match.options() if rule.match else {}).items():
             hit: dict[str, tuple[str, Choice]] = {}  # profile slug -> (glob, default choice)
-            for profile, option in _options_by_key(profiles).get(key, []):
+            for profile, option in by_key.get(key, []):
                 default = option.default
                 if default is None or default.key is None or not _none_like(default):
                     continue
