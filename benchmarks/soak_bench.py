@@ -35,7 +35,7 @@ from culler.activity_web import ActivityWeb
 from culler.cycle import Culler, CycleOptions
 from culler.history import StopHistory
 from culler.hub import HubClient
-from culler.metrics import Metrics
+from culler.metrics import PREFIX, Metrics
 from culler.policy import Policy
 from culler.timeutil import utcnow
 from culler.treescan import TreeScanProbe
@@ -135,9 +135,9 @@ def sizes(
     series = sum(len(m.samples) for m in metrics.until_stop.collect())
     return {
         "culler._reported": len(culler._reported),
-        "culler._follow_ups": len(culler._follow_ups),
-        "settler.settling": len(culler.settler.settling),
-        "settler.deferrals (keys)": len(culler.settler.deferrals),
+        "ledger records": len(culler.ledger),
+        "stopper follow-up tasks": len(culler.stopper._follow_ups),
+        "settler.settling (view)": len(culler.settler.settling),
         "treescan._scans": len(probe._scans),
         "warnings._warned": len(warnings._warned),
         "warnings._stopped": len(warnings._stopped),
@@ -174,7 +174,8 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
         options = CycleOptions(max_stop_fraction=1.0, max_stops=1000, follow_up_interval=0.05, interval=5.0)
         culler = Culler(hub, options, probes={"tree-scan": probe})
         latest, history, metrics = LatestDecisions(), StopHistory(None, 1000), Metrics(per_server=True)
-        warnings = WarningSender(hook, 1.5, retries=0, timeout=2)
+        warnings = WarningSender(hook, 1.5, retries=0, timeout=2, publish=culler.events.publish)
+        metrics.known_probes(["tree-scan"])
         culler.events.subscribe(latest, history, metrics, warnings)
         page = ActivityWeb("/", lambda: [], history, _identify, None)
         page.sessions.cap = page.states.cap = 200
@@ -217,7 +218,11 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
     growth = (end_rss - start_rss) / MIB
     print(f"cycles {cycles} (warm-up {warmup}) in {elapsed:.1f}s, {elapsed / cycles * 1000:.1f} ms a cycle")
     print(f"users spawned {churn.serial}, servers live at the end {live}, peak live {peak_live}")
-    print(f"warnings sent {dict(warnings.sent)}, history entries {len(history.entries)}")
+    sent = {
+        kind: int(metrics.registry.get_sample_value(f"{PREFIX}_warnings_total", {"kind": kind, "result": "sent"}) or 0)
+        for kind in ("stopped", "warning")
+    }
+    print(f"warnings sent {sent}, history entries {len(history.entries)}")
     print(f"RSS after warm-up {start_rss / MIB:.1f} MiB, at the end {end_rss / MIB:.1f} MiB, growth {growth:+.2f} MiB")
     print(f"{'map':32} {'size':>6}  bound")
     failed = growth >= 5

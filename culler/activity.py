@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from culler.cycle import CycleReport, Result
 from culler.decide import Decision
 from culler.durations import format_duration
-from culler.events import CycleAndStopObserver
+from culler.events import CycleDecided, Event, StopEnded
+from culler.lifecycle import Phase
+from culler.report import CycleReport
 from culler.timeutil import isoformat, utcnow
 from culler.views import ServerState, state_of
 
@@ -21,20 +22,27 @@ class History(Protocol):
     def last_stop(self, user: str, server: str) -> dict[str, str | None] | None: ...
 
 
-class LatestDecisions(CycleAndStopObserver):
+class LatestDecisions:
     """An observer keeping the decisions of the latest cycle that listed the hub."""
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
         self.at: datetime | None = None
 
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result):
+                self.server_stopped(decision, result)
+
     def cycle_done(self, report: CycleReport) -> None:
         if report.decisions or report.error is None:
             self.decisions = list(report.decisions)
             self.at = report.started
 
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
-        if result in (Result.STOPPED, Result.GONE):
+    def server_stopped(self, decision: Decision, result: Phase) -> None:
+        if result in (Phase.STOPPED, Phase.GONE):
             self.decisions = [d for d in self.decisions if d.server.key != decision.server.key]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -16,7 +17,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from culler.activity import LatestDecisions, rows
 from culler.activity_web import OAuthConfig, add_activity_routes, hub_identify
 from culler.clock import ClockWatch
-from culler.cycle import Culler, CycleOptions, CycleReport
+from culler.cycle import Culler, CycleOptions
+from culler.events import Event
 from culler.health import Health
 from culler.history import StopHistory
 from culler.hub import HubClient, RequestObserver, internal_ssl_context
@@ -27,6 +29,7 @@ from culler.policy_store import PolicyStore
 from culler.probes import Probe
 from culler.promprobe import PrometheusProbe
 from culler.proxy_activity import ProxyActivity
+from culler.report import CycleReport
 from culler.settings import Settings
 from culler.setup_check import SetupCheck
 from culler.timeutil import utcnow
@@ -88,7 +91,7 @@ def make_activity(settings: Settings) -> ProxyActivity | None:
     return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout, clock_watch("proxy", settings))
 
 
-def make_warnings(settings: Settings) -> WarningSender | None:
+def make_warnings(settings: Settings, publish: Callable[[Event], None] | None = None) -> WarningSender | None:
     """The stop-warning webhook; none in dry runs (users are not warned of stops that will not come)."""
     if settings.warn_url is None or settings.dry_run:
         return None
@@ -100,6 +103,7 @@ def make_warnings(settings: Settings) -> WarningSender | None:
         retries=settings.warn_retries,
         timeout=settings.warn_timeout,
         service_url=settings.activity_page_url,
+        publish=publish,
     )
 
 

@@ -19,12 +19,14 @@ from pydantic import ValidationError
 
 from culler import __version__
 from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings, serve_unready
-from culler.cycle import Culler, Listing, snapshots
-from culler.decide import Decision, evaluate
+from culler.cycle import Culler
+from culler.decide import Decision
 from culler.durations import format_duration
+from culler.events import Bus
 from culler.explain import changes, changes_table, describe, explain_table
-from culler.hub import HubClient, HubError
+from culler.hub import DEFAULT_LISTING_CAP, HubError
 from culler.logs import setup_logging
+from culler.look import Look, decisions_for
 from culler.metrics import Metrics
 from culler.names import Template
 from culler.plugins import installed_plugins
@@ -42,7 +44,7 @@ from culler.policy import (
 from culler.policy_store import PolicyStore
 from culler.profiles import Profile, ProfileListError, find_profile_list, judge, read_profiles, table
 from culler.settings import DEFAULT_TIMEOUT, Settings
-from culler.snapshot import ServerSnapshot, SnapshotError, servers_of, with_route_activity
+from culler.snapshot import ServerSnapshot, SnapshotError
 from culler.timeutil import utcnow
 
 PROG = "jupyterhub-activity-culler"
@@ -251,12 +253,15 @@ def _serve(argv: Sequence[str]) -> int:
         raise UsageError("no hub API token: set JUPYTERHUB_API_TOKEN (the hub sets it for managed services)")
     log.info("starting %s %s with %s", PROG, __version__, settings.summary())
     metrics = Metrics(per_server=settings.per_server_metrics)
+    metrics.known_probes(probes)
     hub = make_hub(settings, observer=metrics.hub_request)
-    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings))
-    warnings = make_warnings(settings)
-    culler.events.subscribe(metrics, *([warnings] if warnings else []))
+    bus = Bus()
+    store.publish = bus.publish
+    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=make_activity(settings), events=bus)
+    warnings = make_warnings(settings, bus.publish)
+    bus.subscribe(metrics, *([warnings] if warnings else []))
     clocks = [hub.clock] + ([culler.activity.clock] if culler.activity is not None else [])
-    metrics.watch(store, culler.settler, warnings, clocks)
+    metrics.watch(store, culler.ledger, clocks)
     if store.state.policy is not None:
         metrics.known_rules(rule.id for rule in store.state.policy.rules)
     service = Service(settings, store, culler, metrics)
@@ -405,12 +410,12 @@ def explain_command(argv: Sequence[str]) -> int:
     candidate = load_policy(Path(candidate_path), sorted(plugins)) if candidate_path else None
     servers = asyncio.run(_fetch(settings, target))
     now = utcnow()
-    current = [evaluate(in_force, s, s.observed_at or now, plugins) for s in servers]
+    current = decisions_for(servers, in_force, plugins)
     if candidate is None or (in_force_path and Path(in_force_path) == Path(candidate_path or "")):
         settling = asyncio.run(_fetch_settling(service_url or _default_service_url(settings.url), settings))
         _print_decisions(current, now, as_json, settling)
         return 0
-    proposed = [evaluate(candidate, s, s.observed_at or now, plugins) for s in servers]
+    proposed = decisions_for(servers, candidate, plugins)
     rows = changes(current, proposed, now)
     print("\n".join(json.dumps(r) for r in rows) if as_json else changes_table(rows, len(servers)))
     return 0
@@ -449,32 +454,25 @@ async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any
 
 
 async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]:
-    servers = await _fetch_servers(make_hub(settings), target)
-    activity = make_activity(settings)
-    if activity is None:
-        return servers
+    """The servers to explain, read as the service reads them (culler.look)."""
+    look = Look(make_hub(settings), make_activity(settings))
     try:
-        return with_route_activity(servers, await activity.routes())
+        return await _fetch_servers(look, target)
     finally:
-        await activity.close()
+        await look.close()
 
 
-async def _fetch_servers(hub: HubClient, target: str | None) -> list[ServerSnapshot]:
-    async with hub:
-        if target is None:
-            listing = Listing()  # as the service does: a server listed twice is judged once
-            async for page in hub.user_pages("ready"):
-                found, problems = snapshots(page.users, page.reading)
-                listing.add(found)
-                for problem in problems:  # as the service does: skip that user, keep going
-                    print(f"skipped: {problem}", file=sys.stderr)
-            return list(listing.servers.values())
-        user, _, server = target.partition("/")
-        model, reading = await hub.read_user(user)
-        if model is None:
-            raise UsageError(f"no user {user!r} on the hub")
-        servers = servers_of(model, reading)
-        return [s for s in servers if s.name == server] if "/" in target else servers
+async def _fetch_servers(look: Look, target: str | None) -> list[ServerSnapshot]:
+    if target is None:
+        listing = await look.everything(DEFAULT_LISTING_CAP)
+        for problem in listing.problems:  # as the service does: skip that user, keep going
+            print(f"skipped: {problem}", file=sys.stderr)
+        return list(listing.servers.values())
+    user, _, server = target.partition("/")
+    found = await look.user(user, server if "/" in target else None)
+    if found is None:
+        raise UsageError(f"no user {user!r} on the hub")
+    return found
 
 
 # -- entry point -----------------------------------------------------------------------------------

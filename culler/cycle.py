@@ -1,4 +1,4 @@
-"""One cull cycle: list the hub, decide per server, guard, stop concurrently, report."""
+"""One cull cycle: look at the hub, decide per server, guard, admit the due ones to the ledger, stop."""
 
 from __future__ import annotations
 
@@ -7,50 +7,27 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from dataclasses import dataclass
+from datetime import datetime
 
-from culler.clock import Reading
-from culler.decide import Action, Decision, PluginFn, UserDecision, evaluate, evaluate_user
-from culler.durations import format_duration
-from culler.events import Bus, CycleDecided, StopEnded
-from culler.guard import GuardResult, apply_guard
-from culler.hub import HubClient, HubError, HubInterrupted, HubListingError, StopOutcome
+from culler.decide import Action, Decision, PluginFn
+from culler.deletion import UserDeleter
+from culler.events import Bus, CycleDecided
+from culler.guard import apply_guard
+from culler.hub import HubClient, HubError, HubListingError
+from culler.lifecycle import Ledger, Phase
 from culler.logs import event
+from culler.look import Listing, Look, decisions_for
 from culler.policy import Policy
 from culler.probes import Probe
 from culler.proxy_activity import ProxyActivity, ProxyActivityError
+from culler.report import CycleReport
 from culler.settler import Settler
-from culler.snapshot import (
-    ServerSnapshot,
-    SnapshotError,
-    UserSnapshot,
-    servers_of,
-    user_of,
-    with_route_activity,
-)
+from culler.snapshot import SnapshotError
+from culler.stopper import StopOptions, Stopper
 from culler.timeutil import utcnow
 
 log = logging.getLogger("culler.cycle")
-_EPOCH = datetime.min.replace(tzinfo=UTC)  # "no activity known": older than any
-# How far the hub's clock may trail ours when we tell our own stop's touch of last_activity from real use.
-CLOCK_SLACK = timedelta(seconds=2)
-
-
-class Result(StrEnum):
-    """What became of a server the policy said to stop."""
-
-    STOPPED = "stopped"
-    SETTLING = "settling"  # waiting for the user's home to be quiet (settle probes)
-    STOPPING = "stopping"  # the hub answered 202: followed up in the background, outside the cycle
-    SLOW = "slow-stopping"  # the hub still reports it stopping after the follow-up deadline
-    GONE = "gone"
-    FAILED = "failed"
-    WOULD_STOP = "would-stop"  # dry run
-    HELD = "held"  # over the mass-stop cap: left for a later cycle
-    INTERRUPTED = "interrupted"  # shutdown began before the stop was sent
-    RECHECKED = "kept-on-recheck"  # re-read right before the stop: used again, gone, or the hub could not say
 
 
 @dataclass(frozen=True)
@@ -68,112 +45,9 @@ class CycleOptions:
     recheck_fraction: float = 0.01
 
 
-@dataclass
-class CycleReport:
-    started: datetime
-    decisions: list[Decision] = field(default_factory=list)
-    results: dict[str, Result] = field(default_factory=dict)
-    guard: GuardResult | None = None
-    users_deleted: list[str] = field(default_factory=list)
-    error: str | None = None
-    skipped_users: int = 0
-    duration: float = 0.0  # seconds, by the monotonic clock
-    cpu_seconds: float = 0.0  # this process's CPU time while the cycle ran (other tasks included)
-    stops_began: datetime | None = None  # when this cycle sent its first stop
-    listing_seconds: float = 0.0  # how long listing the hub took, first request to last answer
-    listing_failure: str | None = None  # the bound a listing broke (a culler.listing reason), or "error"
-    duplicates: int = 0  # servers listed more than once (offset paging while users come and go)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def counts(self) -> Counter[str]:
-        return Counter(self.results.values())
-
-
-def snapshots(users: list[object], reading: Reading | None = None) -> tuple[list[ServerSnapshot], list[str]]:
-    """Servers of every well-formed user model, and one problem line per model that was not."""
-    servers: list[ServerSnapshot] = []
-    problems: list[str] = []
-    for model in users:
-        try:
-            servers.extend(servers_of(model, reading))
-        except SnapshotError as error:
-            problems.append(str(error))
-    return servers, problems
-
-
-def _users_with_every_server(report: CycleReport, result: Result) -> set[str]:
-    """Users all of whose listed servers came to ``result`` this cycle."""
-    outcome: dict[str, bool] = {}
-    for decision in report.decisions:
-        user = decision.server.user
-        outcome[user] = outcome.get(user, True) and report.results.get(decision.server.key) is result
-    return {user for user, every in outcome.items() if every}
-
-
-def _keeps_more(new: ServerSnapshot, old: ServerSnapshot) -> bool:
-    """Of two listings of one server, the one that argues for keeping it: not ready, else newer activity."""
-
-    def weight(s: ServerSnapshot) -> tuple[bool, datetime]:
-        return (bool(s.pending) or not s.ready, s.activity_time or _EPOCH)
-
-    return weight(new) > weight(old)
-
-
-@dataclass
-class Listing:
-    servers: dict[str, ServerSnapshot] = field(default_factory=dict)  # by key: a server listed twice counts once
-    problems: list[str] = field(default_factory=list)  # one line per malformed user model
-    users: dict[str, UserSnapshot] = field(default_factory=dict)  # as listed, before any stop
-    duplicates: int = 0
-
-    def add(self, servers: list[ServerSnapshot]) -> None:
-        for server in servers:
-            old = self.servers.get(server.key)
-            if old is not None:
-                self.duplicates += 1
-                if not _keeps_more(server, old):
-                    continue
-            self.servers[server.key] = server
-
-
-def _users(models: list[object], reading: Reading | None, into: dict[str, UserSnapshot]) -> list[str]:
-    """Add the well-formed users; a user listed twice keeps its newest activity (towards keeping it).
-    Returns one problem line per malformed model."""
-    problems = []
-    for model in models:
-        try:
-            user = user_of(model, reading)
-        except SnapshotError as error:
-            problems.append(str(error))
-            continue
-        old = into.get(user.name)
-        if old is None or _since(user) > _since(old):
-            into[user.name] = user
-    return problems
-
-
-def _since(user: UserSnapshot) -> datetime:
-    return user.last_activity or user.created or _EPOCH
-
-
-def _judged_before_our_stop(current: UserSnapshot, listed: UserSnapshot, stops_began: datetime) -> UserSnapshot:
-    """The hub sets a user's last_activity when a server stops: when that can be our stop, judge the listed one.
-
-    Activity older than our stops is real and kept. A user listed without activity is judged on that (so on
-    when the account was created), as before the stop.
-    """
-    if current.last_activity is None:
-        return current
-    if current.last_activity < stops_began - CLOCK_SLACK:
-        return current
-    return replace(current, last_activity=listed.last_activity)
-
-
 class Culler:
-    """Runs cycles against one hub. Holds only what must outlive a cycle: errors already logged."""
+    """Runs cycles against one hub. The ledger holds every due server's stop decision until it ends;
+    the look, the settler, the stopper and user deletion each do their part of it."""
 
     def __init__(
         self,
@@ -183,18 +57,33 @@ class Culler:
         clock: Callable[[], datetime] = utcnow,
         probes: Mapping[str, Probe] | None = None,
         activity: ProxyActivity | None = None,
+        events: Bus | None = None,
     ) -> None:
         self.hub = hub
         self.options = options
         self.plugins = dict(plugins or {})
         self.clock = clock
-        self.stopping = asyncio.Event()  # set at shutdown: no new stop is sent after it
-        self._reported: set[tuple[str, str]] = set()
-        self._follow_ups: dict[str, asyncio.Task[Result]] = {}
-        self.settler = Settler(probes or {}, self._stop, confirm=self._still_due, probe_timeout=options.probe_timeout)
-        self.activity = activity  # None: the hub's last_activity; else the proxy's route activity
-        self._policy: Policy | None = None  # the latest cycle's, for confirming settled stops
-        self.events = Bus()  # metrics, warnings, stop history and the page observe cycles and stops
+        self.events = events if events is not None else Bus()  # metrics, warnings, stop history and the page observe the engine
+        self.ledger = Ledger(self.events.publish)
+        self.look = Look(hub, activity)
+        stops = StopOptions(options.dry_run, options.follow_up_timeout, options.follow_up_interval)
+        self.stopper = Stopper(hub, self.ledger, stops, confirm=self._still_due)
+        self.stopping = self.stopper.stopping  # set at shutdown: no new stop is sent after it
+        self.settler = Settler(
+            probes or {},
+            self.stopper.stop,
+            confirm=self._still_due,
+            probe_timeout=options.probe_timeout,
+            ledger=self.ledger,
+            publish=self.events.publish,
+        )
+        self.deleter = UserDeleter(hub, self.stopping, clock, options.dry_run, options.max_stops)
+        self._reported: set[tuple[str, str]] = set()  # doubts already logged (logged again once they clear)
+        self._policy: Policy | None = None  # the latest cycle's, for confirming stops
+
+    @property
+    def activity(self) -> ProxyActivity | None:
+        return self.look.activity
 
     async def run(self, policy: Policy) -> CycleReport:
         began, cpu_began = time.monotonic(), time.process_time()
@@ -210,50 +99,34 @@ class Culler:
         report = CycleReport(started=self.clock())
         self._policy = policy
         try:
-            listing = await self._list_ready(with_users=policy.users is not None, report=report)
-            routes = await self.activity.routes() if self.activity is not None else None
+            listing = await self.look.everything(self._listing_cap(), with_users=policy.users is not None)
         except HubError as error:
             what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
             report.error = f"{what} failed, no stops this cycle: {error}"
             report.listing_failure = error.reason if isinstance(error, HubListingError) else "error"
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
-        servers, problems = list(listing.servers.values()), listing.problems
-        if routes is not None:
-            servers = with_route_activity(servers, routes)
-        report.skipped_users = len(problems)
+        self._note_listing(report, listing)
+        report.decisions = listing.decide(policy, self.plugins, self.clock)
+        self._log_doubts(report.decisions)
+        await self._stop_due(report, self._needs_recheck(policy, report.listing_seconds))
+        report.settling = frozenset(record.key for record in self.ledger.settling())
+        if policy.users is not None and not self.stopping.is_set():
+            await self.deleter.run(policy, report, listing.users, self._listing_cap())
+        return report
+
+    def _note_listing(self, report: CycleReport, listing: Listing) -> None:
+        report.listing_seconds = listing.seconds
+        report.skipped_users = len(listing.problems)
         report.duplicates = listing.duplicates
-        for problem in problems:
+        for problem in listing.problems:
             event(log, logging.WARNING, "user skipped", error=problem, action="keeping its servers")
         if listing.duplicates:
             event(log, logging.WARNING, "servers listed twice; judged once", count=listing.duplicates)
-        report.decisions = [self._evaluate(policy, server) for server in servers]
-        self._log_doubts(report.decisions)
-        await self._stop_due(report, self._needs_recheck(policy, report.listing_seconds))
-        if policy.users is not None and not self.stopping.is_set():
-            await self._delete_users(policy, report, listing.users)
-        return report
-
-    def _evaluate(self, policy: Policy, server: ServerSnapshot) -> Decision:
-        """The decision as of when the source answered with this server's data (see culler.clock)."""
-        return evaluate(policy, server, server.observed_at or self.clock(), self.plugins)
 
     def _needs_recheck(self, policy: Policy, listing_seconds: float) -> bool:
         shortest = policy.shortest_idle()
         return shortest is not None and listing_seconds > self.options.recheck_fraction * shortest
-
-    async def _list_ready(self, with_users: bool, report: CycleReport) -> Listing:
-        """The ready servers, page by page, keeping only snapshots (a user model is several times bigger)."""
-        listing = Listing()
-        began = time.monotonic()
-        async for page in self.hub.user_pages("ready", self._listing_cap()):
-            servers, problems = snapshots(page.users, page.reading)
-            listing.add(servers)
-            listing.problems.extend(problems)
-            if with_users:
-                _users(page.users, page.reading, listing.users)
-        report.listing_seconds = time.monotonic() - began
-        return listing
 
     def _listing_cap(self) -> float:
         return self.options.listing_deadline or self.options.interval
@@ -266,10 +139,9 @@ class Culler:
 
     async def _stop_due(self, report: CycleReport, recheck: bool = False) -> None:
         self.settler.reconcile(report.decisions)
-        busy = self._follow_ups.keys() | self.settler.settling.keys()
-        due = [d for d in report.decisions if d.action is Action.STOP and d.server.key not in busy]
+        due = [d for d in report.decisions if d.action is Action.STOP and not self.ledger.busy(d.server.key)]
         ready = sum(1 for d in report.decisions if d.action is not Action.SKIP)
-        settling = len(self.settler.settling)
+        settling = len(self.ledger.settling())
         report.guard = apply_guard(due, ready, self.options.max_stops, self.options.max_stop_fraction, settling)
         if report.guard.tripped:
             event(
@@ -283,12 +155,13 @@ class Culler:
                 ready=ready,
             )
         for decision in report.guard.held:
-            report.results[decision.server.key] = Result.HELD
+            self.ledger.move(self.ledger.admit(decision), Phase.HELD)
+            report.results[decision.server.key] = Phase.HELD
         for decision in report.guard.allowed:
             if decision.settle is not None:
                 self.settler.admit(decision)
-                report.results[decision.server.key] = Result.SETTLING
-        direct = [d for d in report.guard.allowed if d.settle is None]
+                report.results[decision.server.key] = Phase.SETTLING
+        direct = [self.ledger.admit(d) for d in report.guard.allowed if d.settle is None]
         report.stops_began = self.clock()
         if recheck and direct:
             event(
@@ -298,73 +171,9 @@ class Culler:
                 listing=f"{report.listing_seconds:.1f}s",
                 due=len(direct),
             )
-        results = await asyncio.gather(*(self._stop(decision, recheck=recheck) for decision in direct))
-        for decision, result in zip(direct, results, strict=True):
-            report.results[decision.server.key] = result
-
-    async def _stop(self, decision: Decision, settle: str | None = None, recheck: bool = False) -> Result:
-        """Stop one server now; ``settle`` says whether a settle step vouched for its home; ``recheck``
-        re-reads it from the hub first (its listing is old) and keeps it unless it is still due."""
-        if recheck and not self.stopping.is_set() and await self._still_due(decision) is not True:
-            fields = {"user": decision.server.user, "server": decision.server.name, "rule": decision.rule_id}
-            event(log, logging.INFO, "not stopping: re-read before the stop, it is not (surely) idle", **fields)
-            self.events.publish(StopEnded(decision, Result.RECHECKED, settle))
-            return Result.RECHECKED
-        result = await self._stop_once(decision, settle)
-        if result is not Result.INTERRUPTED:
-            self.events.publish(StopEnded(decision, result, settle))
-        return result
-
-    async def _stop_once(self, decision: Decision, settle: str | None) -> Result:
-        server = decision.server
-        fields = {
-            "user": server.user,
-            "server": server.name,
-            "idle": format_duration(decision.idle_seconds),
-            "rule": decision.rule_id,
-            "reason": decision.reason,
-            "settle": settle,
-        }
-        if self.options.dry_run:
-            event(log, logging.INFO, "would stop (dry run)", **fields)
-            return Result.WOULD_STOP
-        if self.stopping.is_set():
-            event(log, logging.INFO, "not stopping: shutting down", **fields)
-            return Result.INTERRUPTED
-        try:
-            outcome = await self.hub.stop_server(server.user, server.name, remove=decision.remove, abort=self.stopping)
-        except HubInterrupted:
-            # Queued behind the concurrency limit (or waiting to retry) when shutdown began.
-            event(log, logging.INFO, "not stopping: shutting down", **fields)
-            return Result.INTERRUPTED
-        except HubError as error:
-            event(log, logging.ERROR, "stop failed", error=str(error), **fields)
-            return Result.FAILED
-        except Exception as error:  # one server's surprise must not lose the whole cycle's report
-            event(log, logging.ERROR, "stop failed", error=f"{type(error).__name__}: {error}", **fields)
-            return Result.FAILED
-        except asyncio.CancelledError:
-            event(log, logging.WARNING, "stop interrupted by shutdown; the hub may still stop it", **fields)
-            raise
-        if outcome is StopOutcome.STOPPING:
-            event(log, logging.INFO, "server stopping (hub answered 202); following up", **fields)
-            self._follow_ups[server.key] = asyncio.create_task(self._follow_through(decision, fields))
-            return Result.STOPPING
-        result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.GONE
-        event(log, logging.INFO, f"server {result}", **fields)
-        return result
-
-    async def _follow_through(self, decision: Decision, fields: dict[str, str | None]) -> Result:
-        """Report a stop the hub answered 202 to as stopped only once the hub says so."""
-        server = decision.server
-        try:
-            outcome = await self._follow_up(server)
-            result = Result.STOPPED if outcome is StopOutcome.STOPPED else Result.SLOW
-            event(log, logging.INFO if result is Result.STOPPED else logging.WARNING, f"server {result}", **fields)
-            self.events.publish(StopEnded(decision, result, fields.get("settle")))
-            return result
-        finally:
-            self._follow_ups.pop(server.key, None)
+        results = await asyncio.gather(*(self.stopper.stop(record, recheck=recheck) for record in direct))
+        for record, result in zip(direct, results, strict=True):
+            report.results[record.key] = result
 
     async def _still_due(self, decision: Decision) -> bool | None:
         """Fresh look at one server right before its stop (see ``ConfirmFn``): True when it is still due
@@ -373,86 +182,27 @@ class Culler:
         Activity that leaves it due (older than the limit, or under max age) does not hold the stop."""
         before = decision.server
         try:
-            model, reading = await self.hub.read_user(before.user)
-            routes = await self.activity.routes() if self.activity is not None else None
-            found = [s for s in servers_of(model, reading) if s.name == before.name] if model is not None else []
+            found = await self.look.user(before.user, before.name)
         except (HubError, SnapshotError) as error:
             event(log, logging.WARNING, "cannot confirm a server is still idle", server=before.key, error=str(error))
             return None
-        if not found or self._policy is None:
-            return False if not found else None
-        now = with_route_activity(found, routes)[0] if routes is not None else found[0]
-        fresh = self._evaluate(self._policy, now)
+        if not found:
+            return False
+        if self._policy is None:
+            return None
+        [fresh] = decisions_for(found[:1], self._policy, self.plugins, self.clock)
         if fresh.error:
             return None
         return fresh.action is Action.STOP
 
     async def close(self) -> None:
         """Close every HTTP session: the hub's, the proxy's, the probes'."""
-        await self.hub.close()
-        if self.activity is not None:
-            await self.activity.close()
-        for probe in self.settler.probes.values():
-            close = getattr(probe, "close", None)
-            if close is not None:
-                await close()
+        await self.look.close()
+        await self.settler.close()
 
-    async def follow_ups_done(self) -> dict[str, Result]:
+    async def follow_ups_done(self) -> dict[str, Phase]:
         """Wait for the stops still being followed up (``--once``, shutdown and tests)."""
-        tasks = dict(self._follow_ups)
-        results = await asyncio.gather(*tasks.values())
-        return dict(zip(tasks, results, strict=True))
-
-    async def _follow_up(self, server: ServerSnapshot) -> StopOutcome:
-        """A 202 means the hub is still stopping: poll until it says stopped, or give up waiting."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.follow_up_timeout
-        while loop.time() < deadline and not self.stopping.is_set():
-            await asyncio.sleep(min(self.options.follow_up_interval, max(0.0, deadline - loop.time())))
-            try:
-                if await self.hub.is_stopped(server.user, server.name):
-                    return StopOutcome.STOPPED
-            except HubError as error:
-                event(log, logging.WARNING, "stop follow-up failed", server=server.key, error=str(error))
-        return StopOutcome.STOPPING
-
-    async def _delete_users(self, policy: Policy, report: CycleReport, listed: dict[str, UserSnapshot]) -> None:
-        users: dict[str, UserSnapshot] = {}
-        try:
-            async for page in self.hub.user_pages("inactive", self._listing_cap()):
-                for problem in _users(page.users, page.reading, users):
-                    event(log, logging.WARNING, "user skipped", error=problem)
-        except HubError as error:
-            event(log, logging.ERROR, "listing inactive users failed, no deletions this cycle", error=str(error))
-            return
-        stopped = _users_with_every_server(report, Result.STOPPED)
-        for name, user in users.items():
-            if name in stopped and name in listed and report.stops_began is not None:
-                users[name] = _judged_before_our_stop(user, listed[name], report.stops_began)
-        if self.options.dry_run:  # show the deletions acting would make once these servers are stopped
-            for name in _users_with_every_server(report, Result.WOULD_STOP) & listed.keys():
-                users.setdefault(name, replace(listed[name], has_servers=False))
-        candidates = [evaluate_user(policy, user, user.observed_at or self.clock()) for user in users.values()]
-        to_delete = [c for c in candidates if c.delete][: self.options.max_stops or None]
-        for decision in to_delete:
-            if self.stopping.is_set():
-                return
-            await self._delete_user(decision, report)
-
-    async def _delete_user(self, decision: UserDecision, report: CycleReport) -> None:
-        name = decision.user.name
-        if self.options.dry_run:
-            event(log, logging.INFO, "would delete user (dry run)", user=name, reason=decision.reason)
-            return
-        try:
-            await self.hub.delete_user(name, abort=self.stopping)
-        except HubInterrupted:
-            return
-        except HubError as error:
-            event(log, logging.ERROR, "user deletion failed", user=name, error=str(error))
-            return
-        report.users_deleted.append(name)
-        event(log, logging.INFO, "user deleted", user=name, reason=decision.reason)
+        return await self.stopper.follow_ups_done()
 
     def _summarise(self, report: CycleReport) -> None:
         actions = Counter(d.action.value for d in report.decisions)

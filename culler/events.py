@@ -1,18 +1,22 @@
 """What the engine tells observers (metrics, warnings, stop history, the page's latest decisions).
 
-Typed events on one bus replace calls by method name: an observer matches on the event types it cares
-about and ignores the rest. An observer that raises is logged and never breaks a cycle or a stop.
+Typed events on one bus are the one seam: an observer matches on the event types it cares about and
+ignores the rest; nothing in the engine keeps counters for observers. An observer that raises is logged
+and never breaks a cycle or a stop.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from culler.cycle import CycleReport, Result
     from culler.decide import Decision
+    from culler.lifecycle import Phase
+    from culler.report import CycleReport
+    from culler.settle import Observation, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -25,38 +29,55 @@ class CycleDecided:
 
 
 @dataclass(frozen=True)
-class StopEnded:
-    """A stop decision came to a result (stopped, gone, failed, held, a 202 being followed, ...)."""
+class PhaseChanged:
+    """A due server's record moved (``was`` None: just admitted). See culler.lifecycle."""
 
     decision: Decision
-    result: Result
+    was: Phase | None
+    now: Phase
+
+
+@dataclass(frozen=True)
+class StopEnded:
+    """A stop decision came to its outcome (stopped, gone, slow, failed, would-stop, kept-on-recheck):
+    told once per decision, after any 202 follow-up."""
+
+    decision: Decision
+    result: Phase
     settle: str | None  # "verified" / "unverified" after settling; None without
 
 
-Event = CycleDecided | StopEnded
+@dataclass(frozen=True)
+class SettleObserved:
+    """One settle poll of one server: what each probe saw and what the poll made of it."""
+
+    decision: Decision
+    observations: Mapping[str, Observation]
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class NoticeSent:
+    """One webhook delivery ended: ``kind`` warning/stopped, ``ok`` delivered or failed."""
+
+    kind: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class PolicyRead:
+    """The policy file was read anew: ``result`` loaded or rejected."""
+
+    result: str
+
+
+Event = CycleDecided | PhaseChanged | StopEnded | SettleObserved | NoticeSent | PolicyRead
 
 
 class Observer(Protocol):
     """Must return quickly: work that waits (a webhook) goes to a task of its own."""
 
     def observe(self, event: Event) -> None: ...
-
-
-class CycleAndStopObserver:
-    """Base of observers that handle both events, each with its own method."""
-
-    def observe(self, event: Event) -> None:
-        match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result, settle=settle):
-                self.server_stopped(decision, result, settle)
-
-    def cycle_done(self, report: CycleReport) -> None:
-        return None
-
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
-        return None
 
 
 class Bus:

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from culler.cycle import Result
 from culler.decide import Decision
 from culler.events import Event, StopEnded
+from culler.lifecycle import Phase
 from culler.timeutil import isoformat, utcnow
 
 log = logging.getLogger("culler.history")
 
-RECORDED = frozenset({Result.STOPPED, Result.GONE, Result.SLOW})
+RECORDED = frozenset({Phase.STOPPED, Phase.GONE, Phase.SLOW})
 FIELDS = ("user", "server", "time", "rule", "reason", "result", "settle")
 
 
@@ -51,7 +51,7 @@ class StopHistory:
             case StopEnded(decision=decision, result=result, settle=settle):
                 self.server_stopped(decision, result, settle)
 
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
+    def server_stopped(self, decision: Decision, result: Phase, settle: str | None) -> None:
         if result not in RECORDED:
             return
         entry: dict[str, str | None] = {

@@ -4,8 +4,9 @@ Names follow ``activity_culler_<noun>_<verb or unit>``; counters end in ``_total
 seconds. Known label values are created up front so every series exists at zero. No label carries a
 user name, except the opt-in ``activity_culler_server_seconds_until_stop`` gauge.
 
-Most values are recorded as they happen (``Metrics`` is a cycle listener and the hub client's request
-observer); the policy and settling figures are read from their owners at scrape time.
+Values are recorded as they happen: ``Metrics`` observes the engine's events (culler.events) and is the
+hub client's request observer. Only states are read at scrape time: the policy in force, the number of
+servers settling (from the ledger) and the clocks' skew.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from culler.clock import ClockWatch
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
-from culler.events import CycleAndStopObserver
+from culler.events import CycleDecided, Event, NoticeSent, PolicyRead, SettleObserved, StopEnded
+from culler.lifecycle import OUTCOMES, Ledger, Phase
 from culler.listing import REASONS as LISTING_FAILURES
 from culler.policy_store import PolicyStore
-from culler.settler import Settler
+from culler.report import CycleReport
+from culler.settle import DEFERRAL_REASONS, deferrals
 from culler.timeutil import utcnow
 from culler.views import ServerState, state_of
-from culler.warnings import WarningSender
 
 PREFIX = "activity_culler"
-STOP_OUTCOMES = ("stopped", "slow-stopping", "gone", "failed", "would-stop", "kept-on-recheck")
+STOP_OUTCOMES = tuple(str(phase) for phase in Phase if phase in OUTCOMES)
 SERVER_STATES = tuple(str(state) for state in ServerState)  # exclusive: they sum to the listed servers
 ENDPOINTS = (
     ("GET", "users"),
@@ -39,14 +40,13 @@ ENDPOINTS = (
     ("DELETE", "users/{name}/servers/{server}"),
     ("DELETE", "users/{name}"),
 )
-DEFERRAL_REASONS = ("active", "unknown", "window", "cap")
+NOTICE_KINDS = ("warning", "stopped")
 
 
-class Metrics(CycleAndStopObserver):
+class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, per_server: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
         self.per_server = per_server
-        self._settler: Settler | None = None
         r = self.registry
         self.listing_failures = Counter(
             f"{PREFIX}_listing_failures",
@@ -94,9 +94,25 @@ class Metrics(CycleAndStopObserver):
             ["user", "server"],
             registry=r,
         )
+        self.reloads = Counter(f"{PREFIX}_policy_reloads", "Policy file reads by result", ["result"], registry=r)
+        self.deferrals = Counter(
+            f"{PREFIX}_settle_deferrals",
+            "Settle polls that deferred a stop, by reason and probe",
+            ["reason", "probe"],
+            registry=r,
+        )
+        self.probe_errors = Counter(f"{PREFIX}_probe_errors", "Probe observations that failed", ["probe"], registry=r)
+        self.notices = Counter(
+            f"{PREFIX}_warnings", "Webhook notices by kind and result", ["kind", "result"], registry=r
+        )
         self._precreate()
 
     def _precreate(self) -> None:
+        for result in ("loaded", "rejected"):
+            self.reloads.labels(result)
+        for kind in NOTICE_KINDS:
+            for result in ("sent", "failed"):
+                self.notices.labels(kind, result)
         for result in ("ok", "failed"):
             self.cycles.labels(result)
         for reason in (*LISTING_FAILURES, "error"):
@@ -108,16 +124,15 @@ class Metrics(CycleAndStopObserver):
         for method, endpoint in ENDPOINTS:
             self.request_duration.labels(method, endpoint)
 
-    def watch(
-        self,
-        store: PolicyStore,
-        settler: Settler,
-        warnings: WarningSender | None = None,
-        clocks: Iterable[ClockWatch] = (),
-    ) -> None:
-        """Read the policy's, the settler's, the warning sender's and the clocks' figures at scrape time."""
-        self._settler = settler
-        self.registry.register(_LiveCollector(store, settler, warnings, list(clocks)))
+    def watch(self, store: PolicyStore, ledger: Ledger, clocks: Iterable[ClockWatch] = ()) -> None:
+        """Read the policy in force, the settling servers and the clocks' skew at scrape time."""
+        self.registry.register(_LiveCollector(store, ledger, list(clocks)))
+
+    def known_probes(self, names: Iterable[str]) -> None:
+        for probe in names:
+            self.probe_errors.labels(probe)
+            for reason in DEFERRAL_REASONS:
+                self.deferrals.labels(reason, probe)
 
     def known_rules(self, rule_ids: Iterable[str]) -> None:
         for rule in rule_ids:
@@ -125,6 +140,24 @@ class Metrics(CycleAndStopObserver):
                 self.stops.labels(outcome, rule)
 
     # -- recorders ---------------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result, settle=settle):
+                self.server_stopped(decision, result, settle)
+            case SettleObserved(decision=decision, observations=observations, verdict=verdict):
+                window = decision.settle.window if decision.settle is not None else 0.0
+                for name, observation in observations.items():
+                    if observation.error:
+                        self.probe_errors.labels(name).inc()
+                for reason, probe in deferrals(observations, window, verdict):
+                    self.deferrals.labels(reason, probe).inc()
+            case NoticeSent(kind=kind, ok=ok):
+                self.notices.labels(kind, "sent" if ok else "failed").inc()
+            case PolicyRead(result=result):
+                self.reloads.labels(result).inc()
 
     def hub_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         self.requests.labels(method, endpoint, status).inc()
@@ -148,17 +181,13 @@ class Metrics(CycleAndStopObserver):
         if self.per_server:
             self._until_stop(report.decisions)
 
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
-        # A 202 ("stopping") is told again with its final result after the follow-up: count that one.
-        if result in (Result.HELD, Result.INTERRUPTED, Result.SETTLING, Result.STOPPING):
-            return
+    def server_stopped(self, decision: Decision, result: Phase, settle: str | None) -> None:
         self.stops.labels(str(result), decision.rule_id).inc()
-        if settle == "unverified" and result in (Result.STOPPED, Result.GONE, Result.SLOW):
+        if settle == "unverified" and result in (Phase.STOPPED, Phase.GONE, Phase.SLOW):
             self.unverified.inc()
 
     def _count_servers(self, report: CycleReport) -> None:
-        settling = self._settler.settling if self._settler is not None else {}
-        counts = Tally(state_of(d, d.server.key in settling) for d in report.decisions)
+        counts = Tally(state_of(d, d.server.key in report.settling) for d in report.decisions)
         for state in ServerState:
             self.servers.labels(str(state)).set(counts[state])
 
@@ -172,12 +201,9 @@ class Metrics(CycleAndStopObserver):
 
 
 class _LiveCollector(Collector):
-    def __init__(
-        self, store: PolicyStore, settler: Settler, warnings: WarningSender | None, clocks: list[ClockWatch]
-    ) -> None:
+    def __init__(self, store: PolicyStore, ledger: Ledger, clocks: list[ClockWatch]) -> None:
         self.store = store
-        self.settler = settler
-        self.warnings = warnings
+        self.ledger = ledger
         self.clocks = clocks
 
     def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
@@ -188,33 +214,9 @@ class _LiveCollector(Collector):
         valid = GaugeMetricFamily(f"{PREFIX}_policy_valid", "1 if the newest policy file validated, else 0")
         valid.add_metric([], 0.0 if state.error or state.policy is None else 1.0)
         yield valid
-        reloads = CounterMetricFamily(f"{PREFIX}_policy_reloads", "Policy file reads by result", labels=["result"])
-        for result in ("loaded", "rejected"):
-            reloads.add_metric([result], self.store.outcomes[result])
-        yield reloads
         settling = GaugeMetricFamily(f"{PREFIX}_settling_servers", "Due servers waiting for a quiet home")
-        settling.add_metric([], len(self.settler.settling))
+        settling.add_metric([], len(self.ledger.settling()))
         yield settling
-        deferrals = CounterMetricFamily(
-            f"{PREFIX}_settle_deferrals",
-            "Settle polls that deferred a stop, by reason and probe",
-            labels=["reason", "probe"],
-        )
-        for probe in self.settler.probes:
-            for reason in DEFERRAL_REASONS:
-                deferrals.add_metric([reason, probe], self.settler.deferrals[(reason, probe)])
-        yield deferrals
-        errors = CounterMetricFamily(f"{PREFIX}_probe_errors", "Probe observations that failed", labels=["probe"])
-        for probe in self.settler.probes:
-            errors.add_metric([probe], self.settler.probe_errors[probe])
-        yield errors
-        warned = CounterMetricFamily(
-            f"{PREFIX}_warnings", "Webhook notices by kind and result", labels=["kind", "result"]
-        )
-        for kind in ("warning", "stopped"):
-            warned.add_metric([kind, "sent"], self.warnings.sent[kind] if self.warnings else 0)
-            warned.add_metric([kind, "failed"], self.warnings.failed[kind] if self.warnings else 0)
-        yield warned
         yield from self._clocks()
 
     def _clocks(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:

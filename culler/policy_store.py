@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from culler.events import Event, PolicyRead
 from culler.logs import event
 from culler.policy import Policy, PolicyError, parse_policy, policy_hash
 
@@ -31,6 +32,7 @@ class PolicyStore:
         fixed: Policy | None = None,
         plugins: list[str] | None = None,
         probes: list[str] | None = None,
+        publish: Callable[[Event], None] | None = None,
     ):
         if (path is None) == (fixed is None):
             raise ValueError("give exactly one of a policy path or a fixed policy")
@@ -41,7 +43,7 @@ class PolicyStore:
         source = str(path) if path else "command-line flags"
         fixed_hash = policy_hash(fixed.model_dump_json()) if fixed else None
         self.state = PolicyState(fixed, fixed_hash, source, None)
-        self.outcomes: Counter[str] = Counter()  # "loaded" / "rejected", for metrics
+        self.publish = publish or (lambda event: None)  # each read's result (PolicyRead), for metrics
 
     def refresh(self) -> PolicyState:
         if self.path is None:
@@ -62,7 +64,7 @@ class PolicyStore:
             return self.state
         previous = self.state.hash
         self.state = PolicyState(policy, digest, str(self.path), None)
-        self.outcomes["loaded"] += 1
+        self.publish(PolicyRead("loaded"))
         event(
             log,
             logging.INFO,
@@ -81,7 +83,7 @@ class PolicyStore:
         kept = f"keeping policy {self.state.hash}" if self.state.policy else "no valid policy: stopping nothing"
         event(log, logging.ERROR, "policy rejected", error=message, action=kept)
         self.state = PolicyState(self.state.policy, self.state.hash, self.state.source, message)
-        self.outcomes["rejected"] += 1
+        self.publish(PolicyRead("rejected"))
 
 
 def _decode(data: bytes, path: Path) -> str:

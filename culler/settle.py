@@ -70,3 +70,19 @@ def judge(observations: Mapping[str, Observation], settle: Settle, waited: float
     if settle.at_cap == "stop":
         return Verdict.STOP_UNVERIFIED, f"{capped}; stopping unverified ({summary})"
     return Verdict.HOLD, f"{capped}; kept as the policy says at_cap: skip ({summary})"
+
+
+DEFERRAL_REASONS = ("active", "unknown", "window", "cap")
+
+
+def deferrals(observations: Mapping[str, Observation], window: float, verdict: Verdict) -> list[tuple[str, str]]:
+    """(reason, probe) for each probe whose answer deferred the stop in one poll: at the cap, or not
+    vouching for the window (active, cannot tell, or quiet but not long enough)."""
+    found = []
+    for name, observation in sorted(observations.items()):
+        if verdict is Verdict.HOLD:
+            found.append(("cap", name))
+        elif verdict is Verdict.WAIT and not observation.vouches(window):
+            why = "window" if observation.seen is Seen.QUIET else str(observation.seen)  # active, unknown
+            found.append((why, name))
+    return found

@@ -3,7 +3,9 @@
 Once admitted, a server's decision stays fixed: probe traffic cannot cancel it; only new activity
 from the activity source (seen by a later cycle, ``reconcile``) or the server going away ends it.
 A settle poll, on its own interval, asks every probe of every settling server and stops those whose
-homes are quiet (or whose deferral hit the cap, as the policy says). Nothing here outlives the
+homes are quiet (or whose deferral hit the cap, as the policy says). A settling server's record lives in
+the ledger (culler.lifecycle: settling -> confirming -> sending ...), this module's memory of it (what the
+probes said, their calls in flight) rides on that record. Nothing here outlives the
 process: after a restart, settling starts again from scratch, which can delay a stop, never hasten it.
 """
 
@@ -11,48 +13,49 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
 from culler.decide import Action, Decision
 from culler.durations import format_duration
+from culler.events import Event, SettleObserved
+from culler.lifecycle import Ledger, Phase, Record
 from culler.logs import event
 from culler.probes import Probe
-from culler.settle import Observation, Seen, Verdict, judge, unknown
-from culler.timeutil import isoformat, utcnow
+from culler.settle import Observation, Verdict, judge, unknown
+from culler.stopper import ConfirmFn
+from culler.timeutil import isoformat
 
 log = logging.getLogger("culler.settle")
 
-StopFn = Callable[[Decision, str], Awaitable[object]]  # decision, settle note ("verified"/"unverified")
-# Right before a settled stop: is the server still due by fresh hub data? True yes, False no (new
-# activity, or gone), None cannot tell (then wait: a hub outage must not let stale decisions through).
-ConfirmFn = Callable[[Decision], Awaitable[bool | None]]
+StopFn = Callable[[Record, str], Awaitable[object]]  # the record (confirming), settle note ("verified"/"unverified")
 
 
 @dataclass
 class Settling:
-    decision: Decision
-    since: datetime
-    started: float  # monotonic
+    """The settler's memory of one settling server, attached to its ledger record."""
+
+    record: Record
     observations: dict[str, Observation] = field(default_factory=dict)
     reason: str = "no observation yet"
     at_cap: bool = False
-    stopping: bool = False  # the stop is being sent: still "busy" for the cycle, no longer polled
     errors_logged: set[str] = field(default_factory=set)
     tasks: dict[str, asyncio.Task[Observation]] = field(default_factory=dict)
+
+    @property
+    def decision(self) -> Decision:
+        return self.record.decision
+
+    @property
+    def waited(self) -> float:
+        return self.record.waited
 
     def cancel_tasks(self) -> None:
         """Probe calls still running when settling ends must not write stale per-server state back."""
         for task in self.tasks.values():
             task.cancel()
         self.tasks.clear()
-
-    @property
-    def waited(self) -> float:
-        return time.monotonic() - self.started
 
     def describe(self) -> dict[str, object]:
         settle = self.decision.settle
@@ -61,7 +64,7 @@ class Settling:
         return {
             "server": self.decision.server.label,
             "rule": self.decision.rule_id,
-            "since": isoformat(self.since),
+            "since": isoformat(self.record.since),
             "waited": format_duration(self.waited),
             "window": format_duration(settle.window),
             "cap_in": "reached" if cap <= 0 else format_duration(cap),
@@ -78,22 +81,28 @@ class Settler:
         stop: StopFn,
         probe_timeout: float = 30.0,
         confirm: ConfirmFn | None = None,
+        ledger: Ledger | None = None,
+        publish: Callable[[Event], None] | None = None,
     ) -> None:
         self.probes = dict(probes)
         self._stop = stop
         self._confirm = confirm
         self.probe_timeout = probe_timeout
-        self.settling: dict[str, Settling] = {}
-        self.stopped_unverified = 0
-        # For metrics: (why, probe) of every deferral a poll made; probe -> failed observations.
-        self.deferrals: Counter[tuple[str, str]] = Counter()
-        self.probe_errors: Counter[str] = Counter()
+        self.ledger = ledger if ledger is not None else Ledger(publish)
+        self._publish = publish or (lambda event: None)
 
-    def admit(self, decision: Decision) -> None:
+    @property
+    def settling(self) -> dict[str, Settling]:
+        """The servers settling (or sending the stop settling allowed), by key: a view of the ledger."""
+        return {r.key: r.progress for r in self.ledger.settling() if isinstance(r.progress, Settling)}
+
+    def admit(self, decision: Decision) -> Record:
         settle = decision.settle
         assert settle is not None
         server = decision.server
-        self.settling[server.key] = Settling(decision, utcnow(), time.monotonic())
+        record = self.ledger.admit(decision)
+        record.progress = Settling(record)
+        self.ledger.move(record, Phase.SETTLING)
         event(
             log,
             logging.INFO,
@@ -106,27 +115,28 @@ class Settler:
             max_deferral=format_duration(settle.max_deferral),
             reason=decision.reason,
         )
+        return record
 
     def reconcile(self, decisions: list[Decision]) -> None:
         """After a cycle: end settling for servers no longer due (new activity, a policy edit) or running."""
         current = {decision.server.key: decision for decision in decisions}
-        for key, settling in list(self.settling.items()):
-            if settling.stopping:
-                continue  # the stop is on its way: its result is the stop's business
-            now = current.get(key)
-            before = settling.decision.server.activity_time
+        for record in self.ledger.in_phase(Phase.SETTLING, Phase.CONFIRMING):
+            if not isinstance(record.progress, Settling):
+                continue  # a direct stop being re-checked: its result is the stop's business
+            now = current.get(record.key)
+            before = record.decision.server.activity_time
             if now is None or now.action is Action.SKIP:
-                self._drop(key, "server no longer running; settling ends")
+                self._release(record, "server no longer running; settling ends")
             elif now.action is Action.STOP:
                 continue  # still due (activity that does not undo that, e.g. under max age, changes nothing)
             elif now.server.activity_time and before and now.server.activity_time > before:
-                self._drop(key, "new activity; settling cancelled, the server stays")
+                self._release(record, "new activity; settling cancelled, the server stays")
             else:  # e.g. a policy edit exempted it
-                self._drop(key, f"no longer due ({now.reason}); settling ends, no stop")
+                self._release(record, f"no longer due ({now.reason}); settling ends, no stop")
 
     async def poll(self) -> None:
         """One settle poll over every settling server, concurrently."""
-        settlings = [s for s in self.settling.values() if not s.stopping]
+        settlings = [r.progress for r in self.ledger.in_phase(Phase.SETTLING) if isinstance(r.progress, Settling)]
         results = await asyncio.gather(*(self._poll_one(s) for s in settlings), return_exceptions=True)
         for settling, result in zip(settlings, results, strict=True):
             if isinstance(result, Exception):  # one server's surprise must not end the others' polls
@@ -141,18 +151,21 @@ class Settler:
             elif isinstance(result, BaseException):
                 raise result
 
+    def _current(self, settling: Settling, phase: Phase) -> bool:
+        """Still this record's settling, in ``phase`` (not reconciled away or admitted anew meanwhile)."""
+        return self.ledger.holds(settling.record) and settling.record.phase is phase
+
     async def _poll_one(self, settling: Settling) -> None:
         settle = settling.decision.settle
         assert settle is not None
         names = list(settle.probes)
         observations = await asyncio.gather(*(self._observe(settling, name) for name in names))
-        key = settling.decision.server.key
-        if self.settling.get(key) is not settling or settling.stopping:
-            return  # reconciled away (or admitted anew, or already stopping) while the probes ran
+        if not self._current(settling, Phase.SETTLING):
+            return  # reconciled away (or admitted anew) while the probes ran
         settling.observations = dict(zip(names, observations, strict=True))
         self._log_errors(settling)
         verdict, settling.reason = judge(settling.observations, settle, settling.waited)
-        self._count(settling.observations, settle.window, verdict)
+        self._publish(SettleObserved(settling.decision, dict(settling.observations), verdict))
         if verdict is Verdict.WAIT:
             return
         if verdict is Verdict.HOLD:
@@ -162,34 +175,33 @@ class Settler:
             return
         if not await self._confirmed(settling):
             return
-        settling.stopping = True
         settling.cancel_tasks()
-        self._forget(key)
+        self._forget(settling.record.key)
         unverified = verdict is Verdict.STOP_UNVERIFIED
         if unverified:
-            self.stopped_unverified += 1
             self._event(logging.WARNING, "settle cap reached; stopping unverified", settling)
         else:
             self._event(logging.INFO, "home settled; stopping", settling)
+        # The record stays in the ledger until the stop ends, so that a cycle running meanwhile finds
+        # the server busy and does not admit it again.
         try:
-            # Kept in ``settling`` until the stop returns, so that a cycle running meanwhile does not
-            # find the server due and not busy, and admit it again.
-            await self._stop(settling.decision, "unverified" if unverified else "verified")
+            await self._stop(settling.record, "unverified" if unverified else "verified")
         finally:
-            if self.settling.get(key) is settling:
-                del self.settling[key]
+            self.ledger.fail_unfinished(settling.record)
 
     async def _confirmed(self, settling: Settling) -> bool:
+        record = settling.record
+        self.ledger.move(record, Phase.CONFIRMING)
         if self._confirm is None:
             return True
         still_due = await self._confirm(settling.decision)
-        key = settling.decision.server.key
-        if self.settling.get(key) is not settling or settling.stopping:
+        if not self._current(settling, Phase.CONFIRMING):
             return False
         if still_due is False:
-            self._drop(key, "new activity or no longer running; settling ends, no stop")
+            self._release(record, "new activity or no longer running; settling ends, no stop")
             return False
         if still_due is None:
+            self.ledger.move(record, Phase.SETTLING)
             settling.reason = f"{settling.reason}; waiting: the hub could not confirm the server is still idle"
             return False
         return True
@@ -204,9 +216,8 @@ class Settler:
             if task is not None and not task.cancelled():
                 task.exception()  # an answer that came after its timeout: retrieved, not used (stale)
             try:
-                task = settling.tasks[name] = asyncio.ensure_future(
-                    probe.observe(settling.decision.server, settling.decision.settle.window)
-                )
+                window = settling.decision.settle.window if settling.decision.settle is not None else 0.0
+                task = settling.tasks[name] = asyncio.ensure_future(probe.observe(settling.decision.server, window))
             except Exception as error:  # a probe that fails before it even starts
                 return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
         try:
@@ -220,16 +231,6 @@ class Settler:
             raise
         except Exception as error:  # a probe's failure means "cannot tell", never "quiet"
             return unknown(f"{type(error).__name__}: {str(error)[:200]}", error=True)
-
-    def _count(self, observations: Mapping[str, Observation], window: float, verdict: Verdict) -> None:
-        for name, observation in observations.items():
-            if observation.error:
-                self.probe_errors[name] += 1
-            if verdict is Verdict.HOLD:
-                self.deferrals[("cap", name)] += 1
-            elif verdict is Verdict.WAIT and not observation.vouches(window):
-                why = "window" if observation.seen is Seen.QUIET else str(observation.seen)  # active, unknown
-                self.deferrals[(why, name)] += 1
 
     def _log_errors(self, settling: Settling) -> None:
         for name, observation in settling.observations.items():
@@ -259,11 +260,13 @@ class Settler:
             state=settling.reason,
         )
 
-    def _drop(self, key: str, why: str) -> None:
-        settling = self.settling.pop(key)
-        settling.cancel_tasks()
-        self._forget(key)
-        self._event(logging.INFO, why, settling)
+    def _release(self, record: Record, why: str) -> None:
+        settling = record.progress
+        self.ledger.move(record, Phase.RELEASED)
+        if isinstance(settling, Settling):
+            settling.cancel_tasks()
+            self._event(logging.INFO, why, settling)
+        self._forget(record.key)
 
     def _forget(self, key: str) -> None:
         for name, probe in self.probes.items():
@@ -273,4 +276,11 @@ class Settler:
                 event(log, logging.WARNING, "settle probe forget failed", probe=name, server=key, error=repr(error))
 
     def describe(self) -> list[dict[str, object]]:
-        return [self.settling[key].describe() for key in sorted(self.settling)]
+        return [settling.describe() for _, settling in sorted(self.settling.items())]
+
+    async def close(self) -> None:
+        """Close the probes that hold sessions (the Prometheus probe)."""
+        for probe in self.probes.values():
+            close: Any = getattr(probe, "close", None)
+            if close is not None:
+                await close()

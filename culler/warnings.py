@@ -3,16 +3,16 @@
 ``WarningSender`` observes cycles and stops (culler.events). After each successful cycle it POSTs one ``warning`` per
 server per idle period for the servers kept now but due within ``warn_before``; an idle period is the
 server plus its activity time, so a server that is used again (a new activity time) may be warned again
-in its next idle period. When the culler stops a server (``Result.STOPPED``, including the final stop
+in its next idle period. When the culler stops a server (``Phase.STOPPED``, including the final stop
 after a hub 202), it POSTs one ``stopped`` notice per server per idle period. Sends run in background
 tasks: the cycle never waits for the receiver, and a receiver failure never raises into it.
 
 Delivery: ``POST <url>`` with ``Content-Type: application/json`` and the optional secret header.
 A 2xx answer is delivered. Connection errors, timeouts, 5xx and 429 are retried with a bounded backoff
 (0.5 s, 1 s, 2 s by default); any other answer is a failure, not retried. A warning that failed for a
-retryable reason is tried again at the next cycle if the server is still in the window. Outcomes are
-counted in ``sent`` and ``failed`` (``Counter`` by event kind) and logged once per delivery, without the
-secret header or the webhook URL's path and query (they may hold a token).
+retryable reason is tried again at the next cycle if the server is still in the window. Each delivery's
+outcome is published once (``NoticeSent``, for metrics) and logged once, without the secret header or
+the webhook URL's path and query (they may hold a token).
 
 Payload (one JSON object)::
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -48,10 +47,11 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
-from culler.events import CycleAndStopObserver
+from culler.events import CycleDecided, Event, NoticeSent, StopEnded
+from culler.lifecycle import Phase
 from culler.logs import event
+from culler.report import CycleReport
 from culler.timeutil import isoformat, utcnow
 
 log = logging.getLogger("culler.warnings")
@@ -92,7 +92,7 @@ def _when(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-class WarningSender(CycleAndStopObserver):
+class WarningSender:
     """Webhook notifications before and at a stop (see the module docstring for the payload)."""
 
     def __init__(
@@ -108,6 +108,7 @@ class WarningSender(CycleAndStopObserver):
         backoff: float = 0.5,
         max_backoff: float = 2.0,
         concurrency: int = 10,
+        publish: Callable[[Event], None] | None = None,
     ) -> None:
         self.url = url
         self.warn_before = warn_before
@@ -118,8 +119,7 @@ class WarningSender(CycleAndStopObserver):
         self.service_url = service_url
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.sent: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
+        self._publish = publish or (lambda event: None)  # each delivery's outcome, for metrics
         parts = urlsplit(url)
         self._target = f"{parts.scheme}://{parts.hostname or ''}"  # what logs show of the URL
         self._limit = asyncio.Semaphore(max(1, concurrency))
@@ -129,6 +129,13 @@ class WarningSender(CycleAndStopObserver):
         self._stopped: dict[str, datetime | None] = {}  # same, for stop notices
 
     # --- observing the engine -------------------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        match event:
+            case CycleDecided(report=report):
+                self.cycle_done(report)
+            case StopEnded(decision=decision, result=result):
+                self.server_stopped(decision, result)
 
     def cycle_done(self, report: CycleReport) -> None:
         if not report.ok:
@@ -156,8 +163,8 @@ class WarningSender(CycleAndStopObserver):
             payload = self._payload(WARNING, decision, message, stop_at=decision.stop_at)
             self._spawn(WARNING, server.key, period, payload)
 
-    def server_stopped(self, decision: Decision, result: Result, settle: str | None) -> None:
-        if result is not Result.STOPPED:
+    def server_stopped(self, decision: Decision, result: Phase) -> None:
+        if result is not Phase.STOPPED:
             return
         server = decision.server
         period = server.activity_time
@@ -224,7 +231,7 @@ class WarningSender(CycleAndStopObserver):
         try:
             task = asyncio.get_running_loop().create_task(self._deliver(kind, key, period, payload))
         except RuntimeError:  # no event loop: nothing can be sent (never the case inside a cycle)
-            self.failed[kind] += 1
+            self._publish(NoticeSent(kind, ok=False))
             event(log, logging.WARNING, "webhook not sent: no event loop", kind=kind, server=key)
             return
         self._tasks.add(task)
@@ -249,16 +256,16 @@ class WarningSender(CycleAndStopObserver):
                     except _Rejected as failure:
                         error, retryable = str(failure), False
                         break
-                    self.sent[kind] += 1
+                    self._publish(NoticeSent(kind, ok=True))
                     event(log, logging.INFO, "webhook sent", kind=kind, server=key, attempts=attempts)
                     return
         except asyncio.CancelledError:
-            self.failed[kind] += 1
+            self._publish(NoticeSent(kind, ok=False))
             event(log, logging.WARNING, "webhook send cancelled", kind=kind, server=key, attempts=attempts)
             raise
         except Exception as surprise:  # a bug here must not surface as an unretrieved task exception
             error, retryable = f"{type(surprise).__name__}: {self._scrub(str(surprise))}", False
-        self.failed[kind] += 1
+        self._publish(NoticeSent(kind, ok=False))
         if kind == WARNING and retryable and self._warned.get(key, object()) == period:
             del self._warned[key]  # the receiver was down: try again next cycle if still in the window
         event(

@@ -13,10 +13,12 @@ from aiohttp import web
 
 from culler.activity import LatestDecisions, admin_view, for_user, humanize, rows
 from culler.activity_web import OAuthConfig, add_activity_routes, identity_from, render_page
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.events import CycleDecided, StopEnded
 from culler.history import StopHistory
+from culler.lifecycle import Phase
 from culler.policy import Settle
+from culler.report import CycleReport
 from culler.snapshot import ServerSnapshot
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -54,8 +56,8 @@ SETTLING = [{"server": "bob/big", "rule": "gpu", "since": "2024-06-01T11:50:00Z"
 def stop_history(tmp_path: Path) -> StopHistory:
     history = StopHistory(tmp_path / "stops.jsonl", clock=lambda: NOW - timedelta(days=1))
     old = Decision(server("alice", "old"), Action.STOP, "default", "no activity for 2d (limit 1d, rule default)")
-    history.server_stopped(old, Result.STOPPED, "home quiet")
-    history.server_stopped(Decision(server("bob"), Action.STOP, "default", "no activity"), Result.GONE, None)
+    history.server_stopped(old, Phase.STOPPED, "home quiet")
+    history.server_stopped(Decision(server("bob"), Action.STOP, "default", "no activity"), Phase.GONE, None)
     return history
 
 
@@ -99,22 +101,22 @@ def test_user_and_admin_views() -> None:
 
 def test_latest_decisions_listener() -> None:
     latest = LatestDecisions()
-    latest.cycle_done(CycleReport(started=NOW, decisions=decisions()))
+    latest.observe(CycleDecided(CycleReport(started=NOW, decisions=decisions())))
     assert len(latest.decisions) == 5
-    latest.cycle_done(CycleReport(started=NOW, error="hub unreachable"))
+    latest.observe(CycleDecided(CycleReport(started=NOW, error="hub unreachable")))
     assert len(latest.decisions) == 5  # a failed listing keeps what was known
-    latest.server_stopped(decisions()[1], Result.STOPPED, None)
+    latest.observe(StopEnded(decisions()[1], Phase.STOPPED, None))
     assert [d.server.key for d in latest.decisions if d.server.user == "alice"] == ["alice/"]
 
 
 def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
     history = stop_history(tmp_path)
-    history.server_stopped(decisions()[0], Result.FAILED, None)  # not a stop: not recorded
-    history.server_stopped(decisions()[0], Result.WOULD_STOP, None)
+    history.server_stopped(decisions()[0], Phase.FAILED, None)  # not a stop: not recorded
+    history.server_stopped(decisions()[0], Phase.WOULD_STOP, None)
     path = tmp_path / "stops.jsonl"
     with path.open("a") as out:
         out.write("not json\n\n" + json.dumps({"user": 3}) + "\n")
-    history.server_stopped(decisions()[1], Result.SLOW, None)
+    history.server_stopped(decisions()[1], Phase.SLOW, None)
     again = StopHistory(path)
     assert [(e["user"], e["server"], e["result"]) for e in again.all()] == [
         ("alice", "gpu", "slow-stopping"),

@@ -12,9 +12,25 @@ import pytest
 from fakehub import API, FakeHub, iso
 from process_support import wait_for
 
-from culler.cycle import Culler, CycleOptions, Result
+from culler.cycle import Culler, CycleOptions
+from culler.events import Event, StopEnded
 from culler.hub import HubClient
+from culler.lifecycle import Phase
 from culler.policy import Policy
+
+
+def stops_ended(culler: Culler) -> list[StopEnded]:
+    """Every stop outcome the culler publishes from now on."""
+    seen: list[StopEnded] = []
+
+    class Recorder:
+        def observe(self, event: Event) -> None:
+            if isinstance(event, StopEnded):
+                seen.append(event)
+
+    culler.events.subscribe(Recorder())
+    return seen
+
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 USERS = API + "/users"
@@ -77,7 +93,7 @@ async def test_idle_servers_stop_and_active_ones_stay(fake: FakeHub, make_culler
     fake.add_server("dave", last_activity=NOW + timedelta(hours=1))  # clock skew: active now
     report = await make_culler().run(POLICY)
     assert report.ok
-    assert report.results == {"alice/": Result.STOPPED, "alice/lab": Result.STOPPED, "carol/": Result.STOPPED}
+    assert report.results == {"alice/": Phase.STOPPED, "alice/lab": Phase.STOPPED, "carol/": Phase.STOPPED}
     assert sorted(fake.deleted_servers()) == [("alice", ""), ("alice", "lab"), ("carol", "")]
     assert fake.running("bob") and fake.running("dave")
 
@@ -125,7 +141,7 @@ async def test_listing_failures_mean_no_stops_until_the_hub_recovers(
     fake.faults.clear()  # the hub recovers
     report = await culler.run(POLICY)
     assert report.ok
-    assert report.results == {f"{name}/": Result.STOPPED for name in names}
+    assert report.results == {f"{name}/": Phase.STOPPED for name in names}
 
 
 async def test_a_malformed_user_model_skips_only_that_user(fake: FakeHub, make_culler: CullerFactory) -> None:
@@ -161,8 +177,8 @@ async def test_202_followed_up_until_stopped(fake: FakeHub, make_culler: CullerF
     fake.slow_stops[("slow", "")] = 0.3
     culler = make_culler(follow_up_interval=0.05, follow_up_timeout=5.0)
     report = await culler.run(POLICY)
-    assert report.results == {"slow/": Result.STOPPING}  # the cycle does not wait for the hub
-    assert await culler.follow_ups_done() == {"slow/": Result.STOPPED}
+    assert report.results == {"slow/": Phase.STOPPING}  # the cycle does not wait for the hub
+    assert await culler.follow_ups_done() == {"slow/": Phase.STOPPED}
     assert len(fake.calls("GET", USERS + "/slow")) >= 2  # it asked until the hub said stopped
     assert not fake.running("slow")
 
@@ -172,8 +188,8 @@ async def test_202_that_never_completes_is_slow(fake: FakeHub, make_culler: Cull
     fake.slow_stops[("stuck", "")] = float("inf")
     culler = make_culler(follow_up_interval=0.05, follow_up_timeout=0.3)
     report = await culler.run(POLICY)
-    assert report.results == {"stuck/": Result.STOPPING}
-    assert await culler.follow_ups_done() == {"stuck/": Result.SLOW}
+    assert report.results == {"stuck/": Phase.STOPPING}
+    assert await culler.follow_ups_done() == {"stuck/": Phase.SLOW}
     assert fake.users["stuck"]["servers"][""]["pending"] == "stop"
     assert len(fake.deletes) == 1
 
@@ -183,7 +199,7 @@ async def test_already_gone_servers(fake: FakeHub, make_culler: CullerFactory, s
     fake.add_server("gone", last_activity=ago(hours=2))
     fake.fail("DELETE", USERS + "/gone/server", status=status)
     report = await make_culler().run(POLICY)
-    assert report.results == {"gone/": Result.GONE}
+    assert report.results == {"gone/": Phase.GONE}
     assert len(fake.deletes) == 1
 
 
@@ -192,7 +208,7 @@ async def test_one_failing_stop_fails_only_that_server(fake: FakeHub, make_culle
     fake.fail("DELETE", USERS + f"/{names[1]}/server", status=500, times=-1)
     report = await make_culler().run(POLICY)
     assert report.ok
-    assert report.results == {f"{name}/": Result.FAILED if name == names[1] else Result.STOPPED for name in names}
+    assert report.results == {f"{name}/": Phase.FAILED if name == names[1] else Phase.STOPPED for name in names}
     assert fake.running(names[1])
     assert not any(fake.running(name) for name in names if name != names[1])
 
@@ -201,7 +217,7 @@ async def test_stops_across_users_run_concurrently(fake: FakeHub, make_culler: C
     names = idle_users(fake, 10)
     fake.stop_delay = 0.5
     report = await make_culler(concurrency=10).run(POLICY)
-    assert report.counts() == {Result.STOPPED: 10}
+    assert report.counts() == {Phase.STOPPED: 10}
     assert fake.max_in_flight["DELETE"] >= 5
     assert not any(fake.running(name) for name in names)
 
@@ -210,7 +226,7 @@ async def test_concurrency_cap_is_respected(fake: FakeHub, make_culler: CullerFa
     idle_users(fake, 12)
     fake.stop_delay = 0.1
     report = await make_culler(concurrency=3).run(POLICY)
-    assert report.counts() == {Result.STOPPED: 12}
+    assert report.counts() == {Phase.STOPPED: 12}
     assert 2 <= fake.max_in_flight["DELETE"] <= 3
 
 
@@ -224,15 +240,15 @@ async def test_mass_stop_guard_stops_only_the_longest_idle(fake: FakeHub, make_c
     assert len(fake.deletes) == 5
     assert sorted(user for user, _ in fake.deleted_servers()) == [f"due{i}" for i in range(25, 30)]
     counts = report.counts()
-    assert counts == {Result.STOPPED: 5, Result.HELD: 25}
-    assert all(report.results[f"due{i:02d}/"] is Result.HELD for i in range(25))
+    assert counts == {Phase.STOPPED: 5, Phase.HELD: 25}
+    assert all(report.results[f"due{i:02d}/"] is Phase.HELD for i in range(25))
 
 
 async def test_dry_run_stops_nothing(fake: FakeHub, make_culler: CullerFactory) -> None:
     names = idle_users(fake, 3)
     fake.add_server("active", last_activity=ago(minutes=1))
     report = await make_culler(dry_run=True).run(POLICY)
-    assert report.results == {f"{name}/": Result.WOULD_STOP for name in names}
+    assert report.results == {f"{name}/": Phase.WOULD_STOP for name in names}
     assert fake.deletes == []
 
 
@@ -287,7 +303,7 @@ async def test_a_user_whose_idle_server_is_stopped_is_deleted_in_the_same_cycle(
     fake.add_server("back-soon", last_activity=ago(hours=2))  # stopped, but inactive for less than a day
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
     report = await make_culler().run(policy)
-    assert report.results == {"gone-for-days/": Result.STOPPED, "back-soon/": Result.STOPPED}
+    assert report.results == {"gone-for-days/": Phase.STOPPED, "back-soon/": Phase.STOPPED}
     assert fake.users["back-soon"]["last_activity"] == iso(NOW)  # the hub did touch the users
     assert report.users_deleted == ["gone-for-days"]
     assert [r.path for r in fake.deletes][-1] == USERS + "/gone-for-days"
@@ -303,7 +319,7 @@ async def test_a_recently_active_user_is_kept_when_max_age_stops_the_server(
         {"version": 1, "defaults": {"idle": "1h", "max_age": "1d"}, "users": {"delete_inactive_after": "1h"}}
     )
     report = await make_culler().run(policy)
-    assert report.results == {"long-runner/": Result.STOPPED}
+    assert report.results == {"long-runner/": Phase.STOPPED}
     assert report.users_deleted == []
     assert [r.path for r in fake.deletes] == [USERS + "/long-runner/server"]
     assert "long-runner" in fake.users
@@ -318,7 +334,7 @@ async def test_activity_older_than_our_stops_is_real_and_keeps_the_user(
     fake.add_server("came-back", last_activity=ago(days=2))
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
     report = await make_culler().run(policy)
-    assert report.results == {"came-back/": Result.STOPPED}
+    assert report.results == {"came-back/": Phase.STOPPED}
     assert report.users_deleted == []
     assert "came-back" in fake.users
 
@@ -333,7 +349,7 @@ async def test_dry_run_shows_the_deletions_that_follow_its_stops(
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
     with caplog.at_level(logging.INFO, logger="culler.cycle"):
         report = await make_culler(dry_run=True).run(policy)
-    assert report.counts() == {Result.WOULD_STOP: 3}
+    assert report.counts() == {Phase.WOULD_STOP: 3}
     would_delete = [r.culler_fields["user"] for r in caplog.records if r.getMessage() == "would delete user (dry run)"]
     assert would_delete == ["gone-for-days"]
     assert fake.deletes == []
@@ -353,7 +369,7 @@ async def test_stopping_set_before_the_cycle_sends_nothing(fake: FakeHub, make_c
     culler.stopping.set()
     policy = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}, "users": {"delete_inactive_after": "1d"}})
     report = await culler.run(policy)
-    assert report.counts() == {Result.INTERRUPTED: 3}
+    assert report.counts() == {Phase.INTERRUPTED: 3}
     assert fake.deletes == []
 
 
@@ -370,7 +386,7 @@ async def test_stopping_mid_cycle_sends_no_new_deletes(fake: FakeHub, make_culle
     culler.stopping.set()
     report = await asyncio.wait_for(task, 5)
     assert len(fake.deletes) == 1  # the one in flight; the five queued behind the limit were never sent
-    assert report.counts() == {Result.STOPPED: 1, Result.INTERRUPTED: 5}
+    assert report.counts() == {Phase.STOPPED: 1, Phase.INTERRUPTED: 5}
     assert sum(fake.running(name) for name in names) == 5
 
 
@@ -382,8 +398,8 @@ async def test_stopping_ends_follow_ups(fake: FakeHub, make_culler: CullerFactor
     await first_delete(fake)
     culler.stopping.set()
     report = await asyncio.wait_for(task, 5)
-    assert report.results == {"stuck/": Result.STOPPING}
-    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Result.SLOW}
+    assert report.results == {"stuck/": Phase.STOPPING}
+    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Phase.SLOW}
 
 
 async def test_a_slow_stop_holds_up_nothing(fake: FakeHub, make_culler: CullerFactory) -> None:
@@ -392,12 +408,12 @@ async def test_a_slow_stop_holds_up_nothing(fake: FakeHub, make_culler: CullerFa
     fake.slow_stops[("stuck", "")] = float("inf")
     culler = make_culler(follow_up_interval=0.05, follow_up_timeout=60)
     first = await asyncio.wait_for(culler.run(POLICY), 5)  # returns while the follow-up goes on
-    assert first.results == {"stuck/": Result.STOPPING, "quick/": Result.STOPPED}
+    assert first.results == {"stuck/": Phase.STOPPING, "quick/": Phase.STOPPED}
     second = await asyncio.wait_for(culler.run(POLICY), 5)
     assert second.results == {}  # stopping servers are pending: never sent a second DELETE
     assert len(fake.deletes) == 2
     culler.stopping.set()
-    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Result.SLOW}
+    assert await asyncio.wait_for(culler.follow_ups_done(), 5) == {"stuck/": Phase.SLOW}
 
 
 # -- the settle gate: due servers wait for a quiet home (tree-scan probe on tmp_path homes) ---------
@@ -460,9 +476,10 @@ async def test_a_due_server_settles_then_stops(fake: FakeHub, make_settling_cull
     home(tmp_path, "alice")
     fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler()
+    ended = stops_ended(culler)
     admitted = asyncio.get_running_loop().time()
     first = await culler.run(SETTLE_POLICY)
-    assert first.results == {"alice/": Result.SETTLING}
+    assert first.results == {"alice/": Phase.SETTLING}
     assert fake.deletes == []
     second = await culler.run(SETTLE_POLICY)  # still due: neither admitted twice nor stopped directly
     assert second.results == {} and fake.deletes == []
@@ -470,7 +487,8 @@ async def test_a_due_server_settles_then_stops(fake: FakeHub, make_settling_cull
     await settle_polls(culler, lambda: bool(fake.deletes))
     assert asyncio.get_running_loop().time() - admitted >= 0.2  # not before the window
     assert fake.deleted_servers() == [("alice", "")]
-    assert culler.settler.settling == {} and culler.settler.stopped_unverified == 0
+    assert culler.settler.settling == {} and len(culler.ledger) == 0
+    assert [(e.decision.server.key, e.result, e.settle) for e in ended] == [("alice/", Phase.STOPPED, "verified")]
     third = await culler.run(SETTLE_POLICY)
     assert third.results == {} and len(fake.deletes) == 1
 
@@ -479,7 +497,7 @@ async def test_new_activity_cancels_settling(fake: FakeHub, make_settling_culler
     home(tmp_path, "alice")
     model = fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler()
-    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Phase.SETTLING}
     await culler.settler.poll()
     model["last_activity"] = iso(ago(minutes=5))  # the user came back through the browser
     report = await culler.run(SETTLE_POLICY)
@@ -519,7 +537,7 @@ async def test_settling_never_holds_up_other_stops(
     fake.add_server("carol", last_activity=ago(minutes=10))
     culler = make_settling_culler()
     report = await culler.run(SETTLE_POLICY)
-    assert report.results == {"alice/": Result.SETTLING, "bob/scratch": Result.STOPPED}
+    assert report.results == {"alice/": Phase.SETTLING, "bob/scratch": Phase.STOPPED}
     assert fake.deleted_servers() == [("bob", "scratch")]
     await settle_polls(culler, lambda: len(fake.deletes) == 2)
     assert fake.deleted_servers() == [("bob", "scratch"), ("alice", "")]
@@ -532,6 +550,7 @@ async def test_a_home_being_written_to_defers_the_stop(
     root = home(tmp_path, "alice")
     fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler()
+    ended = stops_ended(culler)
     await culler.run(SETTLE_POLICY)
     loop = asyncio.get_running_loop()
     end = loop.time() + 1.0
@@ -547,7 +566,7 @@ async def test_a_home_being_written_to_defers_the_stop(
     stopped_writing = loop.time()
     await settle_polls(culler, lambda: bool(fake.deletes))
     assert loop.time() - stopped_writing >= 0.2
-    assert culler.settler.stopped_unverified == 0
+    assert [e.settle for e in ended] == ["verified"]
 
 
 async def test_an_unreadable_home_is_stopped_at_the_cap(fake: FakeHub, make_settling_culler: CullerFactory) -> None:
@@ -556,18 +575,19 @@ async def test_an_unreadable_home_is_stopped_at_the_cap(fake: FakeHub, make_sett
         {"version": 1, "defaults": {"idle": "1h", "settle": {**SETTLE, "window": 0.1, "max_deferral": 0.4}}}
     )
     culler = make_settling_culler()
-    assert (await culler.run(policy)).results == {"nohome/": Result.SETTLING}
+    ended = stops_ended(culler)
+    assert (await culler.run(policy)).results == {"nohome/": Phase.SETTLING}
     await culler.settler.poll()
     assert fake.deletes == []
     await settle_polls(culler, lambda: bool(fake.deletes))
-    assert culler.settler.stopped_unverified == 1
+    assert [(e.result, e.settle) for e in ended] == [(Phase.STOPPED, "unverified")]
 
 
 async def test_dry_run_settles_but_stops_nothing(fake: FakeHub, make_settling_culler: CullerFactory, tmp_path) -> None:
     home(tmp_path, "alice")
     fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler(dry_run=True)
-    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Phase.SETTLING}
     await settle_polls(culler, lambda: not culler.settler.settling)  # "would stop" once settled
     assert fake.deletes == []
 
@@ -596,7 +616,7 @@ async def test_a_settled_stop_is_confirmed_with_fresh_hub_data(
     home(tmp_path, "alice")
     fake.add_server("alice", last_activity=ago(hours=2))
     culler = make_settling_culler()
-    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Result.SETTLING}
+    assert (await culler.run(SETTLE_POLICY)).results == {"alice/": Phase.SETTLING}
     fake.fail("GET", USERS, status=500, times=-1)  # the listing is down from now on
     fake.users["alice"]["servers"][""]["last_activity"] = ago(seconds=1).isoformat()  # the user is back
     failed = await culler.run(SETTLE_POLICY)

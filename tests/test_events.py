@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
 from culler.events import Bus, CycleDecided, Event, StopEnded
 from culler.history import StopHistory
+from culler.lifecycle import Phase
+from culler.report import CycleReport
 from culler.snapshot import ServerSnapshot
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -29,7 +30,7 @@ class Seen:
 
 def a_stop() -> StopEnded:
     server = ServerSnapshot("alice", "", False, (), NOW, NOW, None, True)
-    return StopEnded(Decision(server, Action.STOP, "default", "idle"), Result.STOPPED, None)
+    return StopEnded(Decision(server, Action.STOP, "default", "idle"), Phase.STOPPED, None)
 
 
 def test_an_observer_that_raises_is_logged_and_the_others_still_see_the_event(caplog) -> None:

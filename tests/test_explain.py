@@ -10,6 +10,7 @@ from culler.cli import _fetch_servers
 from culler.decide import Action, Decision, evaluate
 from culler.explain import changes, changes_table, describe, explain_table, verdict
 from culler.hub import HubClient
+from culler.look import Look
 from culler.policy import Policy
 from culler.snapshot import ServerSnapshot
 
@@ -177,7 +178,9 @@ async def test_explain_skips_a_malformed_user_as_the_service_does(aiohttp_server
     fake.add_server("broken", last_activity=NOW - timedelta(hours=2))
     fake.users["broken"]["servers"][""]["last_activity"] = "last tuesday"
     server = await aiohttp_server(fake.make_app())
-    servers = await _fetch_servers(HubClient(str(server.make_url(API)), TOKEN), None)
+    look = Look(HubClient(str(server.make_url(API)), TOKEN))
+    servers = await _fetch_servers(look, None)
+    await look.close()
     assert [s.user for s in servers] == ["alice"]
     assert "broken" in capsys.readouterr().err
 

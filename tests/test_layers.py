@@ -24,6 +24,9 @@ PURE = [
     "options",
     "profiles",
     "views",
+    "lifecycle",
+    "events",
+    "report",
 ]
 FORBIDDEN = {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
 

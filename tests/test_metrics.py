@@ -7,12 +7,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.events import StopEnded
 from culler.guard import GuardResult
+from culler.lifecycle import Ledger, Phase, Record
 from culler.metrics import SERVER_STATES, STOP_OUTCOMES, Metrics
 from culler.policy import Settle
 from culler.policy_store import PolicyStore
+from culler.report import CycleReport
 from culler.settle import Observation, active, unknown
 from culler.settler import Settler
 from culler.snapshot import ServerSnapshot
@@ -56,7 +58,7 @@ def a_report(ok: bool = True, seconds: float = 1.5) -> CycleReport:
         due1,
         due2,
     ]
-    report.results = {due1.server.key: Result.STOPPED, due2.server.key: Result.SETTLING}
+    report.results = {due1.server.key: Phase.STOPPED, due2.server.key: Phase.SETTLING}
     report.guard = GuardResult(allowed=[due1], held=[due2], limit=1)
     report.users_deleted = ["gone-1"]
     return report
@@ -122,25 +124,39 @@ def test_a_cycle_without_guard_trip_does_not_count_an_activation() -> None:
 
 
 def test_stop_results_count_by_outcome_and_rule_and_unverified_settles() -> None:
+    """Driven through the ledger: each stop decision is counted once, at its outcome."""
     metrics = new_metrics()
+    ledger = Ledger(metrics.observe)
+
+    def through(d: Decision, *phases: Phase, note: str | None = None) -> None:
+        record = ledger.admit(d)
+        for phase in phases:
+            ledger.move(record, phase, note)
+
     due = decision("a-1", Action.STOP, "short")
-    metrics.server_stopped(due, Result.STOPPED, None)
-    metrics.server_stopped(due, Result.STOPPED, "unverified")
-    metrics.server_stopped(due, Result.STOPPING, "verified")  # a 202: counted with its final result
-    metrics.server_stopped(due, Result.SLOW, "unverified")
-    metrics.server_stopped(due, Result.FAILED, "unverified")  # a failed stop is not an unverified stop
-    metrics.server_stopped(decision("g-1", Action.STOP, "gpu"), Result.WOULD_STOP, None)
-    for not_a_stop in (Result.HELD, Result.INTERRUPTED, Result.SETTLING):
-        metrics.server_stopped(due, not_a_stop, None)
+    through(due, Phase.SENDING, Phase.STOPPED)
+    through(due, Phase.SETTLING, Phase.CONFIRMING, Phase.SENDING, Phase.STOPPED, note="unverified")
+    through(due, Phase.SENDING, Phase.STOPPING)  # a 202: counted with its final result...
+    assert value(metrics, f"{P}_stops_total", outcome="stopped", rule="short") == 2
+    [following] = ledger.in_phase(Phase.STOPPING)
+    ledger.move(following, Phase.SLOW)  # ...here
+    through(due, Phase.SETTLING, Phase.CONFIRMING, Phase.SENDING, Phase.STOPPING, Phase.SLOW, note="unverified")
+    through(due, Phase.SENDING, Phase.FAILED)
+    through(due, Phase.SENDING, Phase.FAILED, note="unverified")  # a failed stop is not an unverified stop
+    through(decision("g-1", Action.STOP, "gpu"), Phase.WOULD_STOP)
+    for not_a_stop in (Phase.HELD, Phase.INTERRUPTED):
+        through(due, not_a_stop)
+    through(due, Phase.SETTLING, Phase.RELEASED)
 
     assert value(metrics, f"{P}_stops_total", outcome="stopped", rule="short") == 2
     assert value(metrics, f"{P}_stops_total", outcome="stopping", rule="short") is None
-    assert value(metrics, f"{P}_stops_total", outcome="slow-stopping", rule="short") == 1
-    assert value(metrics, f"{P}_stops_total", outcome="failed", rule="short") == 1
+    assert value(metrics, f"{P}_stops_total", outcome="slow-stopping", rule="short") == 2
+    assert value(metrics, f"{P}_stops_total", outcome="failed", rule="short") == 2
     assert value(metrics, f"{P}_stops_total", outcome="would-stop", rule="gpu") == 1
     assert value(metrics, f"{P}_settle_unverified_stops_total") == 2
-    for outcome in ("held", "interrupted", "settling"):
+    for outcome in ("held", "interrupted", "settling", "released", "sending"):
         assert value(metrics, f"{P}_stops_total", outcome=outcome, rule="short") is None
+    assert len(ledger) == 0
 
 
 def test_hub_requests_count_by_status_and_observe_latency() -> None:
@@ -191,24 +207,28 @@ def test_per_server_gauge_when_asked_for() -> None:
 
 
 def live_metrics(tmp_path: Path, per_server: bool = True) -> tuple[Metrics, PolicyStore, Settler]:
+    """Metrics wired as the service wires them: observing the store's, the ledger's and the settler's events."""
+    metrics = new_metrics(per_server=per_server)
     policy = tmp_path / "policy.yaml"
     policy.write_text(GOOD_POLICY)
-    store = PolicyStore(path=policy)
+    store = PolicyStore(path=policy, publish=metrics.observe)
     store.refresh()
 
-    async def stop(decision: Decision, note: str) -> None:
+    async def stop(record: Record, note: str) -> None:
         return None
 
-    settler = Settler({"tree-scan": FixedProbe(active("writing")), "prometheus": FixedProbe(unknown("x"))}, stop)
-    metrics = new_metrics(per_server=per_server)
-    metrics.watch(store, settler)
+    ledger = Ledger(metrics.observe)
+    probes = {"tree-scan": FixedProbe(active("writing")), "prometheus": FixedProbe(unknown("x"))}
+    settler = Settler(probes, stop, ledger=ledger, publish=metrics.observe)
+    metrics.known_probes(probes)
+    metrics.watch(store, ledger)
     return metrics, store, settler
 
 
 def test_no_label_carries_a_user_name_except_the_opt_in_gauge(tmp_path: Path) -> None:
     metrics, _, _ = live_metrics(tmp_path, per_server=True)
     metrics.cycle_done(a_report())
-    metrics.server_stopped(decision("a-1", Action.STOP), Result.STOPPED, None)
+    metrics.observe(StopEnded(decision("a-1", Action.STOP), Phase.STOPPED, None))
     metrics.hub_request("GET", "users/{name}", "200", 0.01)
 
     labels = labels_by_family(metrics.registry)
@@ -264,7 +284,9 @@ async def test_live_collector_reports_settling_servers_deferrals_and_probe_error
     settler.admit(decision("a-1", Action.STOP, settle=settle))
     settler.admit(decision("a-2", Action.STOP, settle=settle))
     assert value(metrics, f"{P}_settling_servers") == 2
-    metrics.cycle_done(a_report())  # the listed settling servers count as settling, and not as due too
+    report = a_report()
+    report.settling = frozenset(settler.settling)  # as the cycle reports them
+    metrics.cycle_done(report)  # the listed settling servers count as settling, and not as due too
     assert value(metrics, f"{P}_servers", state="settling") == 2
     assert value(metrics, f"{P}_servers", state="due") == 0
     assert sum(value(metrics, f"{P}_servers", state=state) or 0 for state in SERVER_STATES) == 5

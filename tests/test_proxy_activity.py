@@ -11,9 +11,10 @@ import pytest
 from aiohttp import web
 from fakehub import API, FakeHub, format_http_date, free_port, iso
 
-from culler.cycle import Culler, CycleOptions, Result
+from culler.cycle import Culler, CycleOptions
 from culler.decide import Action, evaluate
 from culler.hub import HubClient
+from culler.lifecycle import Phase
 from culler.policy import Policy
 from culler.proxy_activity import ProxyActivity, ProxyActivityError, parse_routes
 from culler.snapshot import Routes, ServerSnapshot, with_route_activity
@@ -226,7 +227,7 @@ async def test_a_cycle_uses_the_proxys_route_times(
     proxy.route("route-without-time")
     report = await make_culler(url).run(POLICY)
     assert report.ok, report.error
-    assert report.results == {"hub-active-browser-idle/": Result.STOPPED, "both-idle/lab": Result.STOPPED}
+    assert report.results == {"hub-active-browser-idle/": Phase.STOPPED, "both-idle/lab": Phase.STOPPED}
     assert sorted(fake.deleted_servers()) == [("both-idle", "lab"), ("hub-active-browser-idle", "")]
     kept = {d.server.user: d for d in report.decisions if d.action is Action.KEEP}
     assert kept["no-route"].error and kept["route-without-time"].error
@@ -290,9 +291,9 @@ async def test_a_proxy_api_failure_stops_nothing(
     proxy.status, proxy.body = 200, None
     assert culler.activity is not None
     await culler.activity.close()
-    culler.activity = ProxyActivity(proxy_url[1], PROXY_TOKEN, timeout=2.0, now=lambda: NOW)
+    culler.look.activity = ProxyActivity(proxy_url[1], PROXY_TOKEN, timeout=2.0, now=lambda: NOW)
     report = await culler.run(POLICY)
-    assert report.ok and report.results == {"alice/": Result.STOPPED}
+    assert report.ok and report.results == {"alice/": Phase.STOPPED}
 
 
 def test_proxy_activity_repr_hides_the_token() -> None:

@@ -16,11 +16,14 @@ from aiohttp import web
 from process_support import wait_for
 
 from culler.decide import Action, Decision
+from culler.events import Event, StopEnded
+from culler.lifecycle import Ledger, Phase, Record
 from culler.policy import Settle
 from culler.promprobe import PrometheusProbe
 from culler.settle import Observation, Seen, active, quiet, unknown
 from culler.settler import Settler
 from culler.snapshot import ServerSnapshot
+from culler.timeutil import utcnow
 
 T0 = datetime(2025, 6, 1, 10, 0, tzinfo=timezone.utc)
 DEADLINE = 5.0
@@ -90,24 +93,33 @@ class FakeProbe:
 
 
 class Stops:
-    def __init__(self) -> None:
+    """Records each stop and, as the stopper does, moves the record through sending to stopped."""
+
+    def __init__(self, ledger: Ledger | None = None) -> None:
         self.calls: list[tuple[str, str, float]] = []  # server key, note, monotonic time
         self.gate: asyncio.Event | None = None
+        self.ledger = ledger
 
-    async def __call__(self, decision: Decision, note: str) -> str:
-        self.calls.append((decision.server.key, note, time.monotonic()))
+    async def __call__(self, record: Record, note: str) -> Phase:
+        self.calls.append((record.key, note, time.monotonic()))
+        assert self.ledger is not None
+        self.ledger.move(record, Phase.SENDING, note)
         if self.gate is not None:
             await self.gate.wait()
-        return "stopped"
+        self.ledger.move(record, Phase.STOPPED)
+        return Phase.STOPPED
 
     @property
     def keys(self) -> list[str]:
         return [key for key, _, _ in self.calls]
 
 
-def make(*probes: FakeProbe, probe_timeout: float = 1.0) -> tuple[Settler, Stops]:
-    stops = Stops()
-    return Settler({p.name: p for p in probes}, stops, probe_timeout=probe_timeout), stops
+def make(
+    *probes: FakeProbe, probe_timeout: float = 1.0, publish: Any = None, clock: Callable[[], datetime] = utcnow
+) -> tuple[Settler, Stops]:
+    ledger = Ledger(publish, clock)
+    stops = Stops(ledger)
+    return Settler({p.name: p for p in probes}, stops, probe_timeout=probe_timeout, ledger=ledger), stops
 
 
 async def poll_until(settler: Settler, done: Callable[[], bool], deadline: float = DEADLINE) -> int:
@@ -137,7 +149,8 @@ async def test_stops_only_when_every_probe_vouches_for_the_window() -> None:
     answers = {A: quiet(100), B: quiet(5)}
     a = FakeProbe(A, lambda _: answers[A])
     b = FakeProbe(B, lambda _: answers[B])
-    settler, stops = make(a, b)
+    events: list[Event] = []
+    settler, stops = make(a, b, publish=events.append)
     settler.admit(due(how=settle(A, B, window=10)))
     assert "alice/" in settler.settling
     await settler.poll()
@@ -153,7 +166,7 @@ async def test_stops_only_when_every_probe_vouches_for_the_window() -> None:
     assert [(key, note) for key, note, _ in stops.calls] == [("alice/", "verified")]
     assert "alice/" not in settler.settling and settler.describe() == []
     assert a.forgotten == ["alice/"] and b.forgotten == ["alice/"]
-    assert settler.stopped_unverified == 0
+    assert [(e.result, e.settle) for e in events if isinstance(e, StopEnded)] == [(Phase.STOPPED, "verified")]
     await settler.poll()  # nothing left: no second stop
     assert len(stops.calls) == 1
 
@@ -225,7 +238,8 @@ async def test_activity_that_leaves_it_due_does_not_end_settling() -> None:
 async def test_never_ending_writer_is_stopped_unverified_at_the_cap(caplog) -> None:
     caplog.set_level(logging.INFO, "culler.settle")
     probe = FakeProbe(A, active("still writing"))
-    settler, stops = make(probe)
+    events: list[Event] = []
+    settler, stops = make(probe, publish=events.append)
     admitted = time.monotonic()
     settler.admit(due(how=settle(window=0.1, max_deferral=0.3)))
     polls = await poll_until(settler, lambda: bool(stops.calls))
@@ -233,7 +247,7 @@ async def test_never_ending_writer_is_stopped_unverified_at_the_cap(caplog) -> N
     [(key, note, at)] = stops.calls
     assert (key, note) == ("alice/", "unverified")
     assert at - admitted >= 0.3
-    assert settler.stopped_unverified == 1
+    assert [(e.result, e.settle) for e in events if isinstance(e, StopEnded)] == [(Phase.STOPPED, "unverified")]
     assert len(messages(caplog, "settle cap reached; stopping unverified")) == 1
     assert "alice/" not in settler.settling
 
@@ -242,7 +256,8 @@ async def test_at_cap_skip_keeps_the_server_and_says_so_once(caplog) -> None:
     caplog.set_level(logging.INFO, "culler.settle")
     answer = {"now": active("still writing")}
     probe = FakeProbe(A, lambda _: answer["now"])
-    settler, stops = make(probe)
+    events: list[Event] = []
+    settler, stops = make(probe, publish=events.append)
     settler.admit(due(how=settle(window=0.1, max_deferral=0.3, at_cap="skip")))
     await poll_until(settler, lambda: settler.describe()[0]["cap_in"] == "reached")
     for _ in range(10):
@@ -251,7 +266,7 @@ async def test_at_cap_skip_keeps_the_server_and_says_so_once(caplog) -> None:
     assert len(messages(caplog, "settle cap reached; keeping the server")) == 1
     [info] = settler.describe()
     assert info["at_cap"] == "skip" and "at_cap: skip" in str(info["state"])
-    assert settler.stopped_unverified == 0
+    assert not any(isinstance(e, StopEnded) for e in events)
     answer["now"] = quiet(1.0)  # the writer finally stops: a verified stop
     await settler.poll()
     assert [(key, note) for key, note, _ in stops.calls] == [("alice/", "verified")]
@@ -338,8 +353,9 @@ async def test_a_probe_that_fails_before_its_coroutine_starts_cannot_tell() -> N
         def forget(self, key: str) -> None:
             raise OSError("cannot forget")
 
-    stops = Stops()
-    settler = Settler({A: Broken()}, stops)  # type: ignore[dict-item]
+    ledger = Ledger()
+    stops = Stops(ledger)
+    settler = Settler({A: Broken()}, stops, ledger=ledger)  # type: ignore[dict-item]
     settler.admit(due(how=settle(window=0.1, max_deferral=0.2)))
     await settler.poll()
     assert settler.describe()[0]["probes"] == {A: "unknown: KeyError: 'username'"}
@@ -351,10 +367,12 @@ async def test_one_servers_failing_stop_does_not_end_the_others_poll(caplog) -> 
     caplog.set_level(logging.INFO, "culler.settle")
     stopped: list[str] = []
 
-    async def stop(decision: Decision, note: str) -> None:
-        if decision.server.user == "alice":
+    async def stop(record: Record, note: str) -> None:
+        if record.key == "alice/":
             raise RuntimeError("surprise")
-        stopped.append(decision.server.key)
+        stopped.append(record.key)
+        settler.ledger.move(record, Phase.SENDING)
+        settler.ledger.move(record, Phase.STOPPED)
 
     settler = Settler({A: FakeProbe(A, quiet(100))}, stop)
     settler.admit(due(server("alice")))
@@ -451,9 +469,12 @@ async def test_probe_calls_still_running_when_settling_ends_are_cancelled() -> N
 # -- describe -----------------------------------------------------------------------------------------
 
 
-async def test_describe_lists_the_settling_servers(monkeypatch) -> None:
-    monkeypatch.setattr("culler.settler.utcnow", lambda: datetime(2025, 6, 1, 12, 0, 5, tzinfo=timezone.utc))
-    settler, _ = make(FakeProbe(A, quiet(30, "2 passes of 10 entries")), FakeProbe(B, active("value 3 > 0")))
+async def test_describe_lists_the_settling_servers() -> None:
+    settler, _ = make(
+        FakeProbe(A, quiet(30, "2 passes of 10 entries")),
+        FakeProbe(B, active("value 3 > 0")),
+        clock=lambda: datetime(2025, 6, 1, 12, 0, 5, tzinfo=timezone.utc),
+    )
     settler.admit(due(server("bob", "lab"), settle(A, B, window=60, max_deferral=7200), rule="gpu"))
     settler.admit(due(server("alice"), settle(A, window=60, max_deferral=7200)))
     [before, _] = settler.describe()
@@ -573,7 +594,8 @@ async def test_prometheus_state_does_not_outlive_a_settling_that_ended_mid_query
     prometheus.answers = [(200, vector("0"))]
     prometheus.delay = 0.2
     probe = PrometheusProbe(prometheus.url, "q", timeout=2)
-    settler = Settler({"prometheus": probe}, Stops(), probe_timeout=0.05)
+    ledger = Ledger()
+    settler = Settler({"prometheus": probe}, Stops(ledger), probe_timeout=0.05, ledger=ledger)
     try:
         decision = due(how=settle(B, window=1))
         settler.admit(decision)

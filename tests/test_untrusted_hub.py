@@ -18,8 +18,9 @@ import pytest
 from fakehub import API, FakeHub, format_http_date, iso
 
 from culler.clock import ClockWatch
-from culler.cycle import Culler, CycleOptions, Result
+from culler.cycle import Culler, CycleOptions
 from culler.hub import HubClient
+from culler.lifecycle import Phase
 from culler.metrics import Metrics
 from culler.policy import Policy
 from culler.timeutil import utcnow
@@ -247,7 +248,7 @@ async def test_a_slow_listing_rereads_each_due_server_and_keeps_those_used_since
     fake.on_list = visit_after_first_page
     fake.fail("GET", USERS, status=None, delay=0.3, when=lambda r: r.query["offset"] != "0", times=-1)
     report = await make_culler(client={"page_size": 3}, recheck_fraction=0.01).run(policy("20s"))
-    assert report.ok and report.results["u000/"] is Result.RECHECKED
+    assert report.ok and report.results["u000/"] is Phase.RECHECKED
     assert sorted(u for u, _ in fake.deleted_servers()) == names[1:]
     rereads = [r.path for r in fake.calls("GET") if r.path.startswith(USERS + "/")]
     assert sorted(rereads) == sorted(f"{USERS}/{n}" for n in names)
@@ -264,7 +265,7 @@ async def test_a_reread_the_hub_cannot_answer_keeps_the_server(fake: FakeHub, ma
     users(fake, 2, idle=timedelta(hours=2), prefix="idle")
     fake.fail("GET", USERS + "/idle000", status=500, times=-1)
     report = await make_culler(recheck_fraction=0.0).run(HOUR_POLICY)  # 0: always re-read
-    assert report.results == {"idle000/": Result.RECHECKED, "idle001/": Result.STOPPED}
+    assert report.results == {"idle000/": Phase.RECHECKED, "idle001/": Phase.STOPPED}
     assert fake.deleted_servers() == [("idle001", "")]
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from culler.cycle import CycleReport, Result
 from culler.decide import Action, Decision
+from culler.events import Event, NoticeSent, PhaseChanged, StopEnded
+from culler.lifecycle import Phase
+from culler.report import CycleReport
 from culler.snapshot import ServerSnapshot
 from culler.warnings import WarningSender, in_words, server_url_path
 
@@ -72,6 +75,33 @@ def clock() -> Clock:
 SenderFactory = Callable[..., WarningSender]
 
 
+class Tally:
+    """What a sender published about its deliveries (``NoticeSent``), counted by kind."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, NoticeSent):
+            (self.sent if event.ok else self.failed)[event.kind] += 1
+
+
+_TALLIES: dict[int, Tally] = {}
+
+
+def counted(**options: Any) -> WarningSender:
+    """A sender whose published delivery outcomes are tallied (read them with ``tally(sender)``)."""
+    counts = Tally()
+    sender = WarningSender(**options, publish=counts)
+    _TALLIES[id(sender)] = counts
+    return sender
+
+
+def tally(sender: WarningSender) -> Tally:
+    return _TALLIES[id(sender)]
+
+
 @pytest.fixture
 async def make_sender(receiver: Receiver, clock: Clock) -> AsyncIterator[SenderFactory]:
     senders: list[WarningSender] = []
@@ -85,7 +115,7 @@ async def make_sender(receiver: Receiver, clock: Clock) -> AsyncIterator[SenderF
             "max_backoff": 0.02,
             "service_url": "https://hub.example.org/services/culler/",
         }
-        sender = WarningSender(**{**options, **kwargs})
+        sender = counted(**{**options, **kwargs})
         senders.append(sender)
         return sender
 
@@ -122,7 +152,7 @@ async def test_warns_once_within_the_window(make_sender: SenderFactory, receiver
     sender.cycle_done(report(decision))  # the next cycle: same idle period
     assert await sender.drain(5)
     assert len(receiver.posts) == 1
-    assert sender.sent == {"warning": 1} and not sender.failed
+    assert tally(sender).sent == {"warning": 1} and not tally(sender).failed
     assert receiver.posts[0] == {
         "event": "warning",
         "user": "alice",
@@ -199,13 +229,13 @@ async def test_named_server_path_and_memory_pruned(make_sender: SenderFactory, r
 async def test_stopped_notice_once_after_202_follow_up(make_sender: SenderFactory, receiver: Receiver) -> None:
     sender = make_sender()
     decision = stop(server())
-    sender.server_stopped(decision, Result.STOPPING, None)  # the hub answered 202
-    sender.server_stopped(decision, Result.STOPPED, None)  # the follow-up saw it stopped
-    sender.server_stopped(decision, Result.STOPPED, None)
-    sender.server_stopped(stop(server("bob")), Result.FAILED, None)
-    sender.server_stopped(stop(server("carol")), Result.WOULD_STOP, None)
+    sender.observe(PhaseChanged(decision, Phase.SENDING, Phase.STOPPING))  # the hub answered 202
+    sender.observe(StopEnded(decision, Phase.STOPPED, None))  # the follow-up saw it stopped
+    sender.observe(StopEnded(decision, Phase.STOPPED, None))
+    sender.observe(StopEnded(stop(server("bob")), Phase.FAILED, None))
+    sender.observe(StopEnded(stop(server("carol")), Phase.WOULD_STOP, None))
     sender.cycle_done(report(decision))  # still listed this cycle: remembered
-    sender.server_stopped(decision, Result.STOPPED, "quiet")
+    sender.observe(StopEnded(decision, Phase.STOPPED, "quiet"))
     await sender.drain(5)
     assert len(receiver.posts) == 1
     notice = receiver.posts[0]
@@ -214,7 +244,7 @@ async def test_stopped_notice_once_after_202_follow_up(make_sender: SenderFactor
     assert notice["message"] == (
         "Your server alice was stopped on 2026-11-26 11:00 UTC: no activity for 7d (limit 7d, rule default)."
     )
-    assert sender.sent == {"stopped": 1}
+    assert tally(sender).sent == {"stopped": 1}
 
 
 async def test_retries_5xx_then_delivers(make_sender: SenderFactory, receiver: Receiver) -> None:
@@ -223,15 +253,15 @@ async def test_retries_5xx_then_delivers(make_sender: SenderFactory, receiver: R
     sender.cycle_done(report(keep(server(), NOW + timedelta(hours=1))))
     assert await sender.drain(5)
     assert len(receiver.posts) == 3
-    assert sender.sent == {"warning": 1} and not sender.failed
+    assert tally(sender).sent == {"warning": 1} and not tally(sender).failed
 
 
 async def test_4xx_is_not_retried(make_sender: SenderFactory, receiver: Receiver) -> None:
     receiver.always = 400
     sender = make_sender()
-    sender.server_stopped(stop(server()), Result.STOPPED, None)
+    sender.observe(StopEnded(stop(server()), Phase.STOPPED, None))
     await sender.drain(5)
-    assert len(receiver.posts) == 1 and sender.failed == {"stopped": 1}
+    assert len(receiver.posts) == 1 and tally(sender).failed == {"stopped": 1}
 
 
 async def test_always_500_counts_failed_and_never_blocks(
@@ -247,31 +277,31 @@ async def test_always_500_counts_failed_and_never_blocks(
     with caplog.at_level(logging.INFO, logger="culler.warnings"):
         assert await sender.drain(5)
     assert len(receiver.posts) == 4  # 1 + 3 retries
-    assert sender.failed == {"warning": 1} and not sender.sent
+    assert tally(sender).failed == {"warning": 1} and not tally(sender).sent
     failures = [r for r in caplog.records if r.getMessage() == "webhook failed"]
     assert len(failures) == 1  # once per delivery, not per attempt
     # A retryable failure: tried again next cycle while still in the window.
     receiver.always = None
     sender.cycle_done(report(decision))
     await sender.drain(5)
-    assert sender.sent == {"warning": 1} and len(receiver.posts) == 5
+    assert tally(sender).sent == {"warning": 1} and len(receiver.posts) == 5
 
 
 async def test_unreachable_receiver_counts_failed(make_sender: SenderFactory, caplog: pytest.LogCaptureFixture) -> None:
     sender = make_sender(url="http://127.0.0.1:9/hook?token=abc", retries=1)
     with caplog.at_level(logging.INFO, logger="culler.warnings"):
-        sender.server_stopped(stop(server()), Result.STOPPED, None)
+        sender.observe(StopEnded(stop(server()), Phase.STOPPED, None))
         assert await sender.drain(5)
-    assert sender.failed == {"stopped": 1}
+    assert tally(sender).failed == {"stopped": 1}
     assert "webhook failed" in caplog.text and "token=abc" not in repr([r.__dict__ for r in caplog.records])
 
 
 async def test_drain_timeout_abandons_sends(make_sender: SenderFactory, receiver: Receiver) -> None:
     receiver.always = 503
     sender = make_sender(backoff=5, max_backoff=5)
-    sender.server_stopped(stop(server()), Result.STOPPED, None)
+    sender.observe(StopEnded(stop(server()), Phase.STOPPED, None))
     assert not await sender.drain(0.2)
-    assert sender.failed == {"stopped": 1} and sender.pending == 0
+    assert tally(sender).failed == {"stopped": 1} and sender.pending == 0
 
 
 async def test_secret_header_sent_and_never_logged(
@@ -281,7 +311,7 @@ async def test_secret_header_sent_and_never_logged(
     sender = make_sender(secret_header=("Authorization", SECRET))
     with caplog.at_level(logging.DEBUG):
         sender.cycle_done(report(keep(server(), NOW + timedelta(hours=1))))
-        sender.server_stopped(stop(server("bob")), Result.STOPPED, None)
+        sender.observe(StopEnded(stop(server("bob")), Phase.STOPPED, None))
         await sender.drain(5)
         await sender.close()
     assert len(receiver.posts) == 3
@@ -358,8 +388,9 @@ async def test_sender_to_receiver_end_to_end(aiohttp_server: Any, clock: Clock) 
     sent: list[Any] = []
     config = mod.Config(secret=SECRET)
     app_server = await aiohttp_server(mod.make_app(config, send=lambda c, mail: sent.append(mail)))
-    sender = WarningSender(str(app_server.make_url("/")), DAY, ("Authorization", SECRET), clock=clock)
-    wrong = WarningSender(str(app_server.make_url("/")), DAY, ("Authorization", "nope"), clock=clock)
+    url = str(app_server.make_url("/"))
+    sender = counted(url=url, warn_before=DAY, secret_header=("Authorization", SECRET), clock=clock)
+    wrong = counted(url=url, warn_before=DAY, secret_header=("Authorization", "nope"), clock=clock)
     try:
         sender.cycle_done(report(keep(server(), NOW + timedelta(hours=5))))
         wrong.cycle_done(report(keep(server(), NOW + timedelta(hours=5))))
@@ -368,5 +399,5 @@ async def test_sender_to_receiver_end_to_end(aiohttp_server: Any, clock: Clock) 
     finally:
         await sender.close()
         await wrong.close()
-    assert sender.sent == {"warning": 1} and wrong.failed == {"warning": 1}  # 401: not retried
+    assert tally(sender).sent == {"warning": 1} and tally(wrong).failed == {"warning": 1}  # 401: not retried
     assert "(in 5 hours)" in sent[0].get_content()
