@@ -63,7 +63,8 @@ class Culler:
         self.options = options
         self.plugins = dict(plugins or {})
         self.clock = clock
-        self.events = events if events is not None else Bus()  # metrics, warnings, stop history and the page observe the engine
+        # metrics, warnings, stop history and the page observe the engine
+        self.events = events if events is not None else Bus()
         self.ledger = Ledger(self.events.publish)
         self.look = Look(hub, activity)
         stops = StopOptions(options.dry_run, options.follow_up_timeout, options.follow_up_interval)
