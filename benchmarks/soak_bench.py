@@ -200,7 +200,7 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
             if not report.ok:
                 print(f"cycle {index} failed: {report.error}", file=sys.stderr)
             await culler.settler.poll()
-            rows(latest.decisions, utcnow(), culler.settler.describe(), history)  # the page, rendered
+            rows(latest.decisions, utcnow(), culler.settler.describe_by_key(), history)  # the page, rendered
             page.sessions.put(secrets.token_urlsafe(16), {"name": "x", "admin": False, "scopes": frozenset()})
             page.states.put(secrets.token_urlsafe(16), True)
             await tokens.get(secrets.token_urlsafe(16))

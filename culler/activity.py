@@ -3,7 +3,7 @@ servers and the stop history (pure, no I/O). ``LatestDecisions`` is the listener
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -71,7 +71,7 @@ def row(
 ) -> dict[str, Any]:
     server = decision.server
     idle = (now - server.activity_time).total_seconds() if server.activity_time else None
-    settle = (settling or {}).get(server.label)
+    settle = (settling or {}).get(server.key)
     until: float | None = None
     stop_at = decision.stop_at
     which = f"Your server {server_name(server.name)}"
@@ -107,22 +107,16 @@ def row(
     }
 
 
-def settling_map(settling: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The settler's ``describe()`` list, by server label."""
-    return {str(entry.get("server")): entry for entry in settling}
-
-
 def rows(
     decisions: Sequence[Decision],
     now: datetime | None = None,
-    settling: Iterable[Mapping[str, Any]] = (),
+    settling: Mapping[str, Mapping[str, Any]] | None = None,
     history: History | None = None,
 ) -> list[dict[str, Any]]:
-    """Every server, sorted by user then server."""
+    """Every server, sorted by user then server; ``settling``: the settler's descriptions by server key."""
     now = now or utcnow()
-    by_label = settling_map(settling)
     ordered = sorted(decisions, key=lambda d: (d.server.user, d.server.name))
-    return [row(d, now, by_label, history) for d in ordered]
+    return [row(d, now, settling, history) for d in ordered]
 
 
 def for_user(all_rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:

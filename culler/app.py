@@ -250,7 +250,7 @@ class Service:
         return 0
 
     def _rows(self) -> list[dict[str, object]]:
-        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe(), self.history)
+        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe_by_key(), self.history)
 
     def _oauth(self) -> OAuthConfig | None:
         """The page's login through the hub: only for a service registered with a url (it has a client id)."""

@@ -278,6 +278,9 @@ class Settler:
     def describe(self) -> list[dict[str, object]]:
         return [settling.describe() for _, settling in sorted(self.settling.items())]
 
+    def describe_by_key(self) -> dict[str, dict[str, object]]:
+        return {key: settling.describe() for key, settling in self.settling.items()}
+
     async def close(self) -> None:
         """Close the probes that hold sessions (the Prometheus probe)."""
         for probe in self.probes.values():

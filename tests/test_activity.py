@@ -50,7 +50,7 @@ def decisions() -> list[Decision]:
     ]
 
 
-SETTLING = [{"server": "bob/big", "rule": "gpu", "since": "2024-06-01T11:50:00Z", "state": "files changing"}]
+SETTLING = {"bob/big": {"server": "bob/big", "rule": "gpu", "since": "2024-06-01T11:50:00Z", "state": "files changing"}}
 
 
 def stop_history(tmp_path: Path) -> StopHistory:
@@ -296,3 +296,12 @@ def test_admin_page_escapes(tmp_path: Path) -> None:
     assert "<script>x" not in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page
     assert "All servers" in page
+
+
+def test_settling_is_joined_by_server_key_so_a_default_server_and_a_named_one_never_mix() -> None:
+    due = Decision(server("dave"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["tree-scan"]))
+    named = Decision(server("dave", "x"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["a"]))
+    settling = {"dave/": {"server": "dave", "state": "waiting for quiet"}}
+    by_server = {r["server"]: r for r in rows([due, named], NOW, settling)}
+    assert by_server[""]["decision"] == "settling" and by_server[""]["settle"] == settling["dave/"]
+    assert by_server["x"]["decision"] == "due" and by_server["x"]["settle"] is None
