@@ -300,7 +300,9 @@ def test_admin_page_escapes(tmp_path: Path) -> None:
 
 def test_settling_is_joined_by_server_key_so_a_default_server_and_a_named_one_never_mix() -> None:
     due = Decision(server("dave"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["tree-scan"]))
-    named = Decision(server("dave", "x"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["a"]))
+    named = Decision(
+        server("dave", "x"), Action.STOP, "gpu", "no activity", 90000, NOW, settle=Settle(probes=["prometheus"])
+    )
     settling = {"dave/": {"server": "dave", "state": "waiting for quiet"}}
     by_server = {r["server"]: r for r in rows([due, named], NOW, settling)}
     assert by_server[""]["decision"] == "settling" and by_server[""]["settle"] == settling["dave/"]
