@@ -52,7 +52,7 @@ from typing import Any
 
 import aiohttp
 
-from culler.devhub import LocalHub, free_port
+from devtools.devhub import LocalHub, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGINATION = "application/jupyterhub-pagination+json"

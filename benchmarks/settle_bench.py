@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from culler.policy import Settle
-from culler.settle import Observation, Seen, Verdict, judge
-from culler.snapshot import ServerSnapshot
-from culler.treescan import CHECK_EVERY, TreeScanProbe, TreeWalk
-from culler.treescan import _ServerScan as ServerScan  # the per-server state, for synchronous polls
+from culler.adapters.probes.treescan import CHECK_EVERY, TreeScanProbe, TreeWalk
+from culler.adapters.probes.treescan import _ServerScan as ServerScan  # the per-server state, for synchronous polls
+from culler.core.settle import Observation, Seen, Verdict, judge
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import Settle
 
 HOT_SIZE = 32  # TreeScanProbe's default
 FANOUT = 10  # subdirectories per directory above the leaves

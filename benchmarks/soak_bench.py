@@ -30,17 +30,17 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakehub import FakeHub
 
-from culler.activity import LatestDecisions, rows
-from culler.activity_web import ActivityWeb
-from culler.cycle import Culler, CycleOptions
-from culler.history import StopHistory
-from culler.hub import HubClient
-from culler.metrics import PREFIX, Metrics
-from culler.policy import Policy
-from culler.timeutil import utcnow
-from culler.treescan import TreeScanProbe
-from culler.warnings import WarningSender
-from culler.web import TokenCache
+from culler.adapters.hub import HubClient
+from culler.adapters.probes.treescan import TreeScanProbe
+from culler.core.timeutil import utcnow
+from culler.engine.cycle import Culler, CycleOptions
+from culler.observers.history import StopHistory
+from culler.observers.metrics import PREFIX, Metrics
+from culler.observers.notices import WarningSender
+from culler.policy.model import Policy
+from culler.web.app import TokenCache
+from culler.web.page import ActivityWeb
+from culler.web.rows import LatestDecisions, rows
 
 POLICY = Policy.model_validate(
     {

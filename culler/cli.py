@@ -18,19 +18,22 @@ import yaml
 from pydantic import ValidationError
 
 from culler import __version__
-from culler.app import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings, serve_unready
-from culler.cycle import Culler
-from culler.decide import Decision
-from culler.durations import format_duration
-from culler.events import Bus
-from culler.explain import changes, changes_table, describe, explain_table
-from culler.hub import DEFAULT_LISTING_CAP, HubError
+from culler.adapters.hub import DEFAULT_LISTING_CAP, HubError
+from culler.adapters.plugins import installed_plugins
+from culler.adapters.policy_store import PolicyStore
+from culler.core.decide import Decision
+from culler.core.events import Bus
+from culler.core.explain import changes, changes_table, describe, explain_table
+from culler.core.names import Template
+from culler.core.profiles import Profile, ProfileListError, find_profile_list, judge, read_profiles, table
+from culler.core.snapshot import ServerSnapshot, SnapshotError
+from culler.core.timeutil import utcnow
+from culler.engine.cycle import Culler
+from culler.engine.look import Look, decisions_for
 from culler.logs import setup_logging
-from culler.look import Look, decisions_for
-from culler.metrics import Metrics
-from culler.names import Template
-from culler.plugins import installed_plugins
-from culler.policy import (
+from culler.observers.metrics import Metrics
+from culler.policy.durations import format_duration
+from culler.policy.model import (
     Policy,
     PolicyError,
     load_policy,
@@ -41,11 +44,8 @@ from culler.policy import (
     typed_option_values,
     unconfigured_probes,
 )
-from culler.policy_store import PolicyStore
-from culler.profiles import Profile, ProfileListError, find_profile_list, judge, read_profiles, table
 from culler.settings import DEFAULT_TIMEOUT, Settings
-from culler.snapshot import ServerSnapshot, SnapshotError
-from culler.timeutil import utcnow
+from culler.wiring import Service, build_probes, cycle_options, make_activity, make_hub, make_warnings, serve_unready
 
 PROG = "jupyterhub-activity-culler"
 USAGE_ERROR = 2
@@ -148,7 +148,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog=PROG,
         argument_default=argparse.SUPPRESS,
         description="Stop JupyterHub servers nobody has reached through the browser for too long. "
-        "Subcommands: 'policy check FILE', 'policy schema', 'explain [USER[/SERVER]]', 'demo'.",
+        "Subcommands: 'policy check FILE', 'policy schema', 'explain [USER[/SERVER]]' (the demo: ./dev demo).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_service_flags(parser)
@@ -495,6 +495,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(argv: Sequence[str]) -> int:
-    from culler.demo import main as demo_main  # only the demo needs jupyterhub installed
-
-    return demo_main(argv)
+    """The demo lives in the checkout (devtools/), outside the service's package."""
+    raise UsageError("the demo runs from a checkout of the repository: ./dev demo [--duration S]")

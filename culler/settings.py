@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from culler.durations import parse_duration
-from culler.names import SlugScheme, TemplateError, check_template
+from culler.core.names import SlugScheme, TemplateError, check_template
+from culler.policy.durations import parse_duration
 
 DEFAULT_TIMEOUT = 7 * 86400
 DEFAULT_INTERVAL = 300

@@ -11,15 +11,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
-from culler.activity import LatestDecisions, admin_view, for_user, humanize, rows
-from culler.activity_web import OAuthConfig, add_activity_routes, identity_from, render_page
-from culler.decide import Action, Decision
-from culler.events import CycleDecided, StopEnded
-from culler.history import StopHistory
-from culler.lifecycle import Phase
-from culler.policy import Settle
-from culler.report import CycleReport
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Decision
+from culler.core.events import CycleDecided, StopEnded
+from culler.core.lifecycle import Phase
+from culler.core.report import CycleReport
+from culler.core.snapshot import ServerSnapshot
+from culler.observers.history import StopHistory
+from culler.policy.model import Settle
+from culler.web.page import OAuthConfig, add_activity_routes, identity_from, render_page
+from culler.web.rows import LatestDecisions, admin_view, for_user, humanize, rows
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 PREFIX = "/services/culler/"

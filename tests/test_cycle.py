@@ -12,11 +12,11 @@ import pytest
 from fakehub import API, FakeHub, iso
 from process_support import wait_for
 
-from culler.cycle import Culler, CycleOptions
-from culler.events import Event, StopEnded
-from culler.hub import HubClient
-from culler.lifecycle import Phase
-from culler.policy import Policy
+from culler.adapters.hub import HubClient
+from culler.core.events import Event, StopEnded
+from culler.core.lifecycle import Phase
+from culler.engine.cycle import Culler, CycleOptions
+from culler.policy.model import Policy
 
 
 def stops_ended(culler: Culler) -> list[StopEnded]:
@@ -430,7 +430,7 @@ SETTLE_POLICY = Policy.model_validate(
 
 @pytest.fixture
 async def make_settling_culler(fake: FakeHub, aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[CullerFactory]:
-    from culler.treescan import TreeScanProbe
+    from culler.adapters.probes.treescan import TreeScanProbe
 
     server = await aiohttp_server(fake.make_app())
     cullers: list[Culler] = []

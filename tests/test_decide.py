@@ -4,9 +4,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from culler.decide import Action, Verdict, evaluate, evaluate_user
-from culler.policy import Policy, policy_from_flags
-from culler.snapshot import ServerSnapshot, UserSnapshot
+from culler.core.decide import Action, Verdict, evaluate, evaluate_user
+from culler.core.snapshot import ServerSnapshot, UserSnapshot
+from culler.policy.model import Policy, policy_from_flags
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -14,6 +14,7 @@ import pytest
 from process_support import culler_env
 
 pytestmark = pytest.mark.realhub
+ROOT = Path(__file__).resolve().parent.parent  # the demo runs from the checkout, as ./dev demo does
 
 
 def _kill_leftover_hub(workdir: Path) -> None:
@@ -25,8 +26,8 @@ def _kill_leftover_hub(workdir: Path) -> None:
 
 def test_demo_makes_decisions(tmp_path: Path) -> None:
     env = culler_env()
-    command = [sys.executable, "-m", "culler", "demo", "--duration", "120", "--workdir", str(tmp_path)]
-    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "devtools.demo", "--duration", "120", "--workdir", str(tmp_path)]
+    demo = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     try:
         deadline = time.monotonic() + 120

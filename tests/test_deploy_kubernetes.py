@@ -19,9 +19,9 @@ from aiohttp import web
 
 from culler import __version__
 from culler.cli import _serve_parser, settings_from
-from culler.policy import load_policy, parse_policy
+from culler.policy.model import load_policy, parse_policy
 from culler.settings import Settings
-from culler.web import make_app, make_metrics_app
+from culler.web.app import make_app, make_metrics_app
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

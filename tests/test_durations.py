@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from culler.durations import format_duration, parse_duration
+from culler.policy.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

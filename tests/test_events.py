@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from culler.decide import Action, Decision
-from culler.events import Bus, CycleDecided, Event, StopEnded
-from culler.history import StopHistory
-from culler.lifecycle import Phase
-from culler.report import CycleReport
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Decision
+from culler.core.events import Bus, CycleDecided, Event, StopEnded
+from culler.core.lifecycle import Phase
+from culler.core.report import CycleReport
+from culler.core.snapshot import ServerSnapshot
+from culler.observers.history import StopHistory
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -6,13 +6,13 @@ from typing import Any
 import pytest
 from fakehub import API, TOKEN, FakeHub
 
+from culler.adapters.hub import HubClient
 from culler.cli import _fetch_servers
-from culler.decide import Action, Decision, evaluate
-from culler.explain import changes, changes_table, describe, explain_table, verdict
-from culler.hub import HubClient
-from culler.look import Look
-from culler.policy import Policy
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Decision, evaluate
+from culler.core.explain import changes, changes_table, describe, explain_table, verdict
+from culler.core.snapshot import ServerSnapshot
+from culler.engine.look import Look
+from culler.policy.model import Policy
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -4,9 +4,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from culler.decide import Action, Decision
-from culler.guard import FRACTION_FLOOR, apply_guard, stop_limit
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Decision
+from culler.core.guard import FRACTION_FLOOR, apply_guard, stop_limit
+from culler.core.snapshot import ServerSnapshot
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 

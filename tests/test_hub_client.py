@@ -10,7 +10,7 @@ import pytest
 from fakehub import API, PAGINATION_MEDIA_TYPE, TOKEN, FakeHub
 from process_support import wait_for
 
-from culler.hub import (
+from culler.adapters.hub import (
     DEFAULT_PAGE_LIMIT,
     HubAPIError,
     HubClient,

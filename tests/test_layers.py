@@ -1,110 +1,85 @@
-"""The pure decision modules must not reach HTTP, the scheduler, metrics or the event loop."""
+"""The rooms of the package and the import-linter contracts that keep their layering (pyproject.toml)."""
 
-import ast
+from __future__ import annotations
+
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "culler"
-PURE = [
-    "policy",
-    "decide",
-    "snapshot",
-    "durations",
-    "guard",
-    "explain",
-    "timeutil",
-    "settle",
-    "clock",
-    "listing",
-    "options",
-    "profiles",
-    "views",
-    "lifecycle",
-    "events",
-    "report",
-]
-FORBIDDEN = {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
+ROOMS = {"policy", "core", "adapters", "engine", "observers", "web"}
+TOP = {
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "wiring.py",
+    "settings.py",
+    "logs.py",
+    "decide.py",
+}  # decide: the plugin API
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def imports_of(module: str) -> set[str]:
-    """Top-level names of every module ``culler.<module>`` imports (relative imports resolved)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                found.add("culler." + (node.module or ""))
-            else:
-                found.add(node.module)
-                found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
+def contracts() -> list[dict[str, object]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 
 
-def closure(module: str) -> tuple[set[str], dict[str, str]]:
-    """Every module reachable from ``culler.<module>`` through culler.* imports, and who imported each."""
-    seen, via, todo = set(), {}, [module]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        for name in imports_of(current):
-            via.setdefault(name, current)
-            if name.startswith("culler.") and (PACKAGE / f"{name.split('.')[1]}.py").exists():
-                todo.append(name.split(".")[1])
-    return seen, via
+def lint(config: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(LINT_IMPORTS), "--config", str(config), "--no-cache"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("module", PURE)
-def test_pure_module_imports(module):
-    seen, via = closure(module)
-    reached = {name for m in seen for name in imports_of(m)}
-    bad = sorted(name for name in reached if name.split(".")[0] in FORBIDDEN)
-    assert not bad, [f"{name} (imported by culler.{via[name]})" for name in bad]
-    assert seen <= set(PURE), f"culler.{module} reaches non-pure modules {sorted(seen - set(PURE))}"
+def test_every_module_lives_in_a_room_or_is_one_of_the_few_at_the_top() -> None:
+    top = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert top == TOP, f"new top-level modules belong in a room: {sorted(top - TOP)}"
+    assert rooms == ROOMS
 
 
-def test_checker_sees_forbidden_imports():
-    seen, _ = closure("cycle")  # the cycle is the impure layer: the checker must notice
-    assert {"asyncio", "aiohttp"} <= {name.split(".")[0] for m in seen for name in imports_of(m)}
-
-
-def test_import_linter_contract(tmp_path):
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
-    contract = next(c for c in config["contracts"] if c["type"] == "forbidden")
-    assert {m.split(".")[-1] for m in contract["source_modules"]} >= {"policy", "decide", "snapshot", "guard"}
-    assert set(contract["forbidden_modules"]) >= FORBIDDEN
-    # The project's contract forbids external packages, which import-linter checks only with
-    # include_external_packages; run it with that set (and every pure module as a source).
-    contract = contract | {"source_modules": [f"culler.{m}" for m in PURE]}
-    lines = [
-        "[tool.importlinter]",
-        'root_package = "culler"',
-        "include_external_packages = true",
-        "",
-        "[[tool.importlinter.contracts]]",
+def test_the_contracts_name_every_room_in_order() -> None:
+    [layers] = [c for c in contracts() if c["type"] == "layers"]
+    assert layers["layers"] == [
+        "culler.cli",
+        "culler.wiring",
+        "culler.web | culler.observers",
+        "culler.engine",
+        "culler.adapters",
+        "culler.core",
+        "culler.policy",
     ]
-    lines += [f"{key} = {_toml(value)}" for key, value in contract.items()]
-    path = tmp_path / "importlinter.toml"
-    path.write_text("\n".join(lines) + "\n")
-    lint_imports = Path(sys.executable).parent / "lint-imports"
-    result = subprocess.run(
-        [str(lint_imports), str(path), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    forbidden = {
+        tuple(c["source_modules"]): set(c["forbidden_modules"]) for c in contracts() if c["type"] == "forbidden"
+    }
+    assert forbidden[("culler.observers",)] == {"culler.engine"}
+    assert forbidden[("culler.policy", "culler.core")] >= {"aiohttp", "apscheduler", "prometheus_client", "asyncio"}
+    assert forbidden[("culler",)] == {"devtools"}
+
+
+def test_the_code_keeps_every_contract() -> None:
+    result = lint(ROOT / "pyproject.toml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout
+    assert f"{len(contracts())} kept, 0 broken" in result.stdout
 
 
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace('"', '\\"') + '"'
+def test_the_checker_sees_a_broken_layer(tmp_path: Path) -> None:
+    """A contract the code breaks on purpose (the engine uses asyncio; the cycle imports the settler)."""
+    config = tmp_path / "broken.toml"
+    config.write_text(
+        "[tool.importlinter]\n"
+        'root_packages = ["culler"]\n'
+        "include_external_packages = true\n\n"
+        "[[tool.importlinter.contracts]]\n"
+        'name = "engine without asyncio"\n'
+        'type = "forbidden"\n'
+        'source_modules = ["culler.engine"]\n'
+        'forbidden_modules = ["asyncio"]\n\n'
+        "[[tool.importlinter.contracts]]\n"
+        'name = "settler above the cycle"\n'
+        'type = "layers"\n'
+        'layers = ["culler.engine.settler", "culler.engine.cycle"]\n'
+    )
+    result = lint(config)
+    assert result.returncode != 0
+    assert "0 kept, 2 broken" in result.stdout, result.stdout

@@ -7,11 +7,11 @@ from itertools import product
 
 import pytest
 
-from culler.decide import Action, Decision
-from culler.events import Event, PhaseChanged, StopEnded
-from culler.lifecycle import ENDS, MOVES, OUTCOMES, IllegalMove, Ledger, Phase, Record
-from culler.policy import Settle
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Decision
+from culler.core.events import Event, PhaseChanged, StopEnded
+from culler.core.lifecycle import ENDS, MOVES, OUTCOMES, IllegalMove, Ledger, Phase, Record
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import Settle
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 P = Phase

@@ -7,18 +7,18 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from culler.decide import Action, Decision
-from culler.events import StopEnded
-from culler.guard import GuardResult
-from culler.lifecycle import Ledger, Phase, Record
-from culler.metrics import SERVER_STATES, STOP_OUTCOMES, Metrics
-from culler.policy import Settle
-from culler.policy_store import PolicyStore
-from culler.report import CycleReport
-from culler.settle import Observation, active, unknown
-from culler.settler import Settler
-from culler.snapshot import ServerSnapshot
-from culler.timeutil import utcnow
+from culler.adapters.policy_store import PolicyStore
+from culler.core.decide import Action, Decision
+from culler.core.events import StopEnded
+from culler.core.guard import GuardResult
+from culler.core.lifecycle import Ledger, Phase, Record
+from culler.core.report import CycleReport
+from culler.core.settle import Observation, active, unknown
+from culler.core.snapshot import ServerSnapshot
+from culler.core.timeutil import utcnow
+from culler.engine.settler import Settler
+from culler.observers.metrics import SERVER_STATES, STOP_OUTCOMES, Metrics
+from culler.policy.model import Settle
 
 P = "activity_culler"
 GOOD_POLICY = "version: 1\ndefaults:\n  idle: 1h\nrules:\n  - id: short\n    match: {users: ['a-*']}\n    idle: 5m\n"

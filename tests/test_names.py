@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from process_support import culler_env
 
-from culler.names import PLACEHOLDERS, SLUG_SCHEMES, Template, TemplateError, check_template, names_for
-from culler.promprobe import PrometheusProbe
-from culler.snapshot import ServerSnapshot
-from culler.treescan import TreeScanProbe
+from culler.adapters.probes.prometheus import PrometheusProbe
+from culler.adapters.probes.treescan import TreeScanProbe
+from culler.core.names import PLACEHOLDERS, SLUG_SCHEMES, Template, TemplateError, check_template, names_for
+from culler.core.snapshot import ServerSnapshot
 
 kubespawner = pytest.importorskip("kubespawner")
 
@@ -137,8 +137,8 @@ def test_policy_check_warns_about_a_tree_scan_root_that_does_not_exist(tmp_path)
     ],
 )
 def test_policy_check_and_the_service_agree_on_the_configured_probes(settings):
-    from culler.app import build_probes
     from culler.settings import Settings
+    from culler.wiring import build_probes
 
     made = Settings(**settings)
     assert sorted(build_probes(made)) == made.configured_probes()

@@ -3,10 +3,10 @@
 import pytest
 import yaml
 
-from culler.decide import match
-from culler.options import OptionMatch
-from culler.policy import Match, PolicyError, parse_policy, policy_schema, shadowed_rules
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import match
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import Match, PolicyError, parse_policy, policy_schema, shadowed_rules
+from culler.policy.options import OptionMatch
 
 # What KubeSpawner 7's form stores (../shared/kubespawner.md): every option of the chosen profile with
 # its choice key, defaults included; "Other..." only as <option>--unlisted-choice.

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from culler.options import OptionMatch
-from culler.policy import (
+from culler.policy.model import (
     Match,
     Policy,
     PolicyError,
@@ -18,6 +17,7 @@ from culler.policy import (
     policy_schema,
     shadowed_rules,
 )
+from culler.policy.options import OptionMatch
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from culler.policy import Policy
-from culler.policy_store import PolicyStore
+from culler.adapters.policy_store import PolicyStore
+from culler.policy.model import Policy
 
 GOOD = "version: 1\ndefaults:\n  idle: 1h\n"
 BETTER = "version: 1\ndefaults:\n  idle: 2h\n"

@@ -18,10 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from culler.decide import evaluate
-from culler.options import UNLISTED_SUFFIX
-from culler.policy import load_policy, parse_policy
-from culler.profiles import (
+from culler.core.decide import evaluate
+from culler.core.profiles import (
     FREE_FORM,
     MAX_COMBINATIONS,
     ProfileListError,
@@ -33,7 +31,9 @@ from culler.profiles import (
     table,
     user_options,
 )
-from culler.snapshot import ServerSnapshot
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import load_policy, parse_policy
+from culler.policy.options import UNLISTED_SUFFIX
 
 kubespawner = pytest.importorskip("kubespawner")
 slugify = pytest.importorskip("slugify").slugify

@@ -11,13 +11,13 @@ import pytest
 from aiohttp import web
 from fakehub import API, FakeHub, format_http_date, free_port, iso
 
-from culler.cycle import Culler, CycleOptions
-from culler.decide import Action, evaluate
-from culler.hub import HubClient
-from culler.lifecycle import Phase
-from culler.policy import Policy
-from culler.proxy_activity import ProxyActivity, ProxyActivityError, parse_routes
-from culler.snapshot import Routes, ServerSnapshot, with_route_activity
+from culler.adapters.hub import HubClient
+from culler.adapters.proxy import ProxyActivity, ProxyActivityError, parse_routes
+from culler.core.decide import Action, evaluate
+from culler.core.lifecycle import Phase
+from culler.core.snapshot import Routes, ServerSnapshot, with_route_activity
+from culler.engine.cycle import Culler, CycleOptions
+from culler.policy.model import Policy
 
 NOW = datetime(2026, 11, 26, 4, 0, tzinfo=timezone.utc)
 POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})

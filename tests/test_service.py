@@ -17,12 +17,12 @@ from fakehub import API, FakeHub, free_port
 from process_support import culler_env
 from process_support import wait_for as poll
 
-from culler.app import Service as AppService
-from culler.app import cycle_options, make_hub
-from culler.cycle import Culler
-from culler.policy_store import PolicyStore
+from culler.adapters.policy_store import PolicyStore
+from culler.engine.cycle import Culler
 from culler.settings import Settings
-from culler.web import make_app
+from culler.web.app import make_app
+from culler.wiring import Service as AppService
+from culler.wiring import cycle_options, make_hub
 
 TOKEN = "svc-tok-9f3c1e7a5b2d4c6e8f0a"  # distinctive: grep-able in output
 USERS = API + "/users"

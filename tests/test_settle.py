@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from culler.policy import Settle
-from culler.settle import Observation, Seen, Verdict, active, judge, quiet, unknown
+from culler.core.settle import Observation, Seen, Verdict, active, judge, quiet, unknown
+from culler.policy.model import Settle
 
 SETTLE = Settle(probes=["tree-scan", "prometheus"], window=60, max_deferral=600)
 SKIP = Settle(probes=["tree-scan", "prometheus"], window=60, max_deferral=600, at_cap="skip")

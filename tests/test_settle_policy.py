@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from culler.decide import Action, Verdict, evaluate
-from culler.policy import PolicyError, Settle, parse_policy
-from culler.snapshot import ServerSnapshot
+from culler.core.decide import Action, Verdict, evaluate
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import PolicyError, Settle, parse_policy
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 

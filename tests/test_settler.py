@@ -15,15 +15,15 @@ import pytest
 from aiohttp import web
 from process_support import wait_for
 
-from culler.decide import Action, Decision
-from culler.events import Event, StopEnded
-from culler.lifecycle import Ledger, Phase, Record
-from culler.policy import Settle
-from culler.promprobe import PrometheusProbe
-from culler.settle import Observation, Seen, active, quiet, unknown
-from culler.settler import Settler
-from culler.snapshot import ServerSnapshot
-from culler.timeutil import utcnow
+from culler.adapters.probes.prometheus import PrometheusProbe
+from culler.core.decide import Action, Decision
+from culler.core.events import Event, StopEnded
+from culler.core.lifecycle import Ledger, Phase, Record
+from culler.core.settle import Observation, Seen, active, quiet, unknown
+from culler.core.snapshot import ServerSnapshot
+from culler.core.timeutil import utcnow
+from culler.engine.settler import Settler
+from culler.policy.model import Settle
 
 T0 = datetime(2025, 6, 1, 10, 0, tzinfo=timezone.utc)
 DEADLINE = 5.0

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from fakehub import API, FakeHub
 
-from culler.health import Health
-from culler.hub import HubClient
-from culler.names import Template
-from culler.policy import Policy, parse_policy
-from culler.scopes import held, missing, needs
-from culler.setup_check import SetupCheck
-from culler.timeutil import utcnow
-from culler.treescan import TreeScanProbe
+from culler.adapters.hub import HubClient
+from culler.adapters.probes.treescan import TreeScanProbe
+from culler.core.names import Template
+from culler.core.scopes import held, missing, needs
+from culler.core.timeutil import utcnow
+from culler.engine.health import Health
+from culler.engine.setup_check import SetupCheck
+from culler.policy.model import Policy, parse_policy
 
 PLAIN = parse_policy("version: 1\n", "p.yaml")
 GROUPS = parse_policy("version: 1\nrules:\n  - match: {groups: [vip]}\n    exempt: true\n", "p.yaml")

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from culler.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of
-from culler.timeutil import isoformat, parse_time
+from culler.core.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of
+from culler.core.timeutil import isoformat, parse_time
 
 
 def utc(*args) -> datetime:

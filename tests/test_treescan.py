@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from culler import treescan
-from culler.settle import Observation, Seen
-from culler.snapshot import ServerSnapshot
-from culler.treescan import TreeScanProbe, TreeWalk, _ServerScan
+from culler.adapters.probes import treescan
+from culler.adapters.probes.treescan import TreeScanProbe, TreeWalk, _ServerScan
+from culler.core.settle import Observation, Seen
+from culler.core.snapshot import ServerSnapshot
 
 BIG = 1.0  # a budget no small tree needs: one poll is one pass
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from culler.ttlmap import TTLMap
+from culler.core.ttlmap import TTLMap
 
 
 def test_entries_expire_after_their_ttl() -> None:

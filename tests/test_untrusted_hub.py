@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from fakehub import API, FakeHub, format_http_date, iso
 
-from culler.clock import ClockWatch
-from culler.cycle import Culler, CycleOptions
-from culler.hub import HubClient
-from culler.lifecycle import Phase
-from culler.metrics import Metrics
-from culler.policy import Policy
-from culler.timeutil import utcnow
+from culler.adapters.hub import HubClient
+from culler.core.clock import ClockWatch
+from culler.core.lifecycle import Phase
+from culler.core.timeutil import utcnow
+from culler.engine.cycle import Culler, CycleOptions
+from culler.observers.metrics import Metrics
+from culler.policy.model import Policy
 
 USERS = API + "/users"
 HOUR_POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})
@@ -120,7 +120,7 @@ async def test_a_listing_past_its_deadline_fails_the_cycle(fake: FakeHub, make_c
 
 
 def test_the_derived_deadline_grows_with_the_hub_and_is_capped_by_the_interval() -> None:
-    from culler.listing import ListingBounds, PageInfo
+    from culler.core.listing import ListingBounds, PageInfo
 
     def bounds(total: int, cap: float) -> ListingBounds:
         return ListingBounds.from_first(PageInfo([{}], 0, 200, total, None), 500, 60.0, cap)
@@ -221,7 +221,7 @@ async def test_a_clock_beyond_trust_stops_nothing(fake: FakeHub, make_culler: Cu
 
 
 def test_a_large_skew_is_warned_once_until_it_recovers() -> None:
-    from culler.clock import Reading
+    from culler.core.clock import Reading
 
     watch = ClockWatch("hub", warn_at=60)
     now = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -299,8 +299,8 @@ async def test_a_short_retry_after_is_waited_for_within_the_cycle(fake: FakeHub,
 
 
 def test_retry_after_is_capped() -> None:
-    from culler.clock import Reading
-    from culler.hub import MAX_RETRY_AFTER, Answer
+    from culler.adapters.hub import MAX_RETRY_AFTER, Answer
+    from culler.core.clock import Reading
 
     now = utcnow()
     answer = Answer(429, b"", Reading(now, now), retry_after=str(10 * 86400))
@@ -325,7 +325,7 @@ async def test_an_unchanged_timestamp_stays_put_on_our_clock_across_reads(
 
 
 def test_the_steady_offset_follows_a_real_clock_step() -> None:
-    from culler.clock import Reading
+    from culler.core.clock import Reading
 
     watch = ClockWatch("hub")
     now = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -337,7 +337,7 @@ def test_the_steady_offset_follows_a_real_clock_step() -> None:
 
 
 def test_health_says_at_once_that_the_latest_cycle_failed() -> None:
-    from culler.health import Health
+    from culler.engine.health import Health
 
     health = Health(interval=300)
     now = utcnow()

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from culler.decide import Action, Decision
-from culler.events import Event, NoticeSent, PhaseChanged, StopEnded
-from culler.lifecycle import Phase
-from culler.report import CycleReport
-from culler.snapshot import ServerSnapshot
-from culler.warnings import WarningSender, in_words, server_url_path
+from culler.core.decide import Action, Decision
+from culler.core.events import Event, NoticeSent, PhaseChanged, StopEnded
+from culler.core.lifecycle import Phase
+from culler.core.report import CycleReport
+from culler.core.snapshot import ServerSnapshot
+from culler.observers.notices import WarningSender, in_words, server_url_path
 
 NOW = datetime(2026, 11, 26, 11, 0, tzinfo=timezone.utc)
 DAY = 86400.0

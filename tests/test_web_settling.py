@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from culler.hub import HubUnreachable
-from culler.web import TOKENS_KEY, TokenCache, make_app
+from culler.adapters.hub import HubUnreachable
+from culler.web.app import TOKENS_KEY, TokenCache, make_app
 
 SETTLING = [{"server": "alice", "rule": "gpu", "since": "2025-06-01T12:00:00Z", "probes": {"tree-scan": "unknown"}}]
 TOKENS = {
@@ -110,7 +110,7 @@ async def test_repeated_requests_ask_the_hub_once_and_the_cache_holds_no_token(c
 
 async def test_the_cache_asks_again_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = {"now": 1000.0}
-    monkeypatch.setattr("culler.web.time", SimpleNamespace(monotonic=lambda: clock["now"]))  # not the real module
+    monkeypatch.setattr("culler.web.app.time", SimpleNamespace(monotonic=lambda: clock["now"]))  # not the real module
     scopes = Scopes()
     cache = TokenCache(scopes, ttl=60)
     assert await cache.get("reader-token-00002") == frozenset({"read:servers"})

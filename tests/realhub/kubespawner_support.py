@@ -19,7 +19,7 @@ from pathlib import Path
 
 from browser_support import Browser
 
-from culler.devhub import LocalHub
+from devtools.devhub import LocalHub
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "deploy" / "z2jh" / "gpu-lab-profiles.yaml"

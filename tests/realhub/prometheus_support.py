@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from realhub_support import start_process, stop_process, wait_for
 
-from culler.devhub import free_port
+from devtools.devhub import free_port
 
 
 def prometheus_binary() -> str:

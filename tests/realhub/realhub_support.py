@@ -30,8 +30,8 @@ from process_support import start_process as start_process
 from process_support import stop_process as stop_process
 from process_support import wait_for as wait_for
 
-from culler.devhub import LocalHub, find_proxy
-from culler.policy import policy_hash
+from culler.policy.model import policy_hash
+from devtools.devhub import LocalHub, find_proxy
 
 SERVICE = "activity-culler"
 REPO = Path(__file__).resolve().parents[2]

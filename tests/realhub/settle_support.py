@@ -10,7 +10,7 @@ from pathlib import Path
 
 from realhub_support import CullerHub, start_process, wait_for
 
-from culler.durations import parse_duration
+from culler.policy.durations import parse_duration
 
 WRITER = """\
 import sys, time

@@ -13,14 +13,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from culler.activity import rows
-from culler.activity_web import OAuthConfig, add_activity_routes, hub_identify
-from culler.decide import Action, Decision
-from culler.devhub import LocalHub, free_port
-from culler.history import StopHistory
-from culler.hub import HubClient
-from culler.snapshot import ServerSnapshot
-from culler.timeutil import utcnow
+from culler.adapters.hub import HubClient
+from culler.core.decide import Action, Decision
+from culler.core.snapshot import ServerSnapshot
+from culler.core.timeutil import utcnow
+from culler.observers.history import StopHistory
+from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
+from culler.web.rows import rows
+from devtools.devhub import LocalHub, free_port
 
 pytestmark = pytest.mark.realhub
 

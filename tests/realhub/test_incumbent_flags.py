@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from realhub_support import CullerHub, run_hub
 
-from culler.devhub import LocalHub, free_port
+from devtools.devhub import LocalHub, free_port
 
 pytestmark = pytest.mark.realhub
 

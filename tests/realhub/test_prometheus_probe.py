@@ -15,11 +15,11 @@ import pytest
 from prometheus_support import MetricsExporter, PrometheusServer, prometheus_binary
 from realhub_support import CullerHub, start_culler_hub_with, wait_for
 
-from culler.devhub import free_port
-from culler.policy import Settle
-from culler.promprobe import PrometheusProbe
-from culler.settle import Observation, Seen, Verdict, judge
-from culler.snapshot import ServerSnapshot
+from culler.adapters.probes.prometheus import PrometheusProbe
+from culler.core.settle import Observation, Seen, Verdict, judge
+from culler.core.snapshot import ServerSnapshot
+from culler.policy.model import Settle
+from devtools.devhub import free_port
 
 pytestmark = pytest.mark.realhub
 

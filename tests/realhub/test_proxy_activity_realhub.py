@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from realhub_support import SERVICE, CullerHub, start_culler_hub_with
 
-from culler.devhub import LocalHub
-from culler.timeutil import parse_time
+from culler.core.timeutil import parse_time
+from devtools.devhub import LocalHub
 
 pytestmark = pytest.mark.realhub
 

@@ -60,7 +60,7 @@ from z2jh_support import (
 )
 
 import culler
-from culler.policy import parse_policy, policy_hash
+from culler.policy.model import parse_policy, policy_hash
 
 SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
 ACCESS = f"access:services!service={SERVICE}"

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import yaml
 from realhub_support import CullerHub, run_hub
 
-from culler.devhub import LocalHub, free_port
+from devtools.devhub import LocalHub, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = REPO / "deploy" / "z2jh" / "values.yaml"

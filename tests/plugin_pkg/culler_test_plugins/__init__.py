@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from culler.decide import Action, Verdict
-from culler.snapshot import ServerSnapshot
+from culler.decide import Action, ServerSnapshot, Verdict
 
 
 def by_option(server: ServerSnapshot, args: Mapping[str, Any], now: datetime) -> Verdict | None:

@@ -1,0 +1,341 @@
+"""Wires the parts together: hub client, policy store, culler, scheduler, web endpoints, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from culler.adapters.hub import HubClient, RequestObserver, internal_ssl_context
+from culler.adapters.policy_store import PolicyStore
+from culler.adapters.probes.base import Probe
+from culler.adapters.probes.prometheus import PrometheusProbe
+from culler.adapters.probes.treescan import TreeScanProbe
+from culler.adapters.proxy import ProxyActivity
+from culler.core.clock import ClockWatch
+from culler.core.events import Event
+from culler.core.names import Template
+from culler.core.report import CycleReport
+from culler.core.timeutil import utcnow
+from culler.engine.cycle import Culler, CycleOptions
+from culler.engine.health import Health
+from culler.engine.setup_check import SetupCheck
+from culler.logs import event
+from culler.observers.history import StopHistory
+from culler.observers.metrics import Metrics
+from culler.observers.notices import WarningSender
+from culler.settings import Settings
+from culler.web.app import make_app, make_metrics_app, make_unready_app
+from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
+from culler.web.rows import LatestDecisions, rows
+
+log = logging.getLogger("culler.app")
+
+
+def hub_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The hub's internal-SSL client context, when the hub uses internal SSL."""
+    return internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
+
+
+def make_hub(settings: Settings, observer: RequestObserver | None = None) -> HubClient:
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    return HubClient(
+        settings.url,
+        token,
+        concurrency=settings.concurrency,
+        request_timeout=settings.request_timeout,
+        page_size=settings.api_page_size,
+        max_rate=settings.max_request_rate,
+        ssl_context=hub_ssl_context(settings),
+        observer=observer,
+        clock=clock_watch("hub", settings),
+    )
+
+
+def clock_watch(source: str, settings: Settings) -> ClockWatch:
+    return ClockWatch(source, warn_at=settings.clock_skew_warning, max_skew=settings.max_clock_skew)
+
+
+def build_probes(settings: Settings) -> dict[str, Probe]:
+    """The settle probes the settings configure, by the names policies use."""
+    probes: dict[str, Probe] = {}
+    if settings.tree_scan_path:
+        probes["tree-scan"] = TreeScanProbe(
+            Template(settings.tree_scan_path, settings.slug_scheme),
+            budget=settings.tree_scan_budget,
+            hot_size=settings.tree_scan_hot_files,
+        )
+    if settings.prometheus_url and settings.prometheus_query:
+        probes["prometheus"] = PrometheusProbe(
+            settings.prometheus_url,
+            Template(settings.prometheus_query, settings.slug_scheme),
+            settings.prometheus_threshold,
+        )
+    return probes
+
+
+def make_activity(settings: Settings) -> ProxyActivity | None:
+    if settings.activity_source != "proxy":
+        return None
+    # Without a token every cycle fails with a clear error (and stops nothing): exiting instead would
+    # take the hub down with its managed service.
+    token = settings.proxy_api_token.get_secret_value() if settings.proxy_api_token else ""
+    return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout, clock_watch("proxy", settings))
+
+
+def make_warnings(settings: Settings, publish: Callable[[Event], None] | None = None) -> WarningSender | None:
+    """The stop-warning webhook; none in dry runs (users are not warned of stops that will not come)."""
+    if settings.warn_url is None or settings.dry_run:
+        return None
+    secret = settings.warn_secret.get_secret_value() if settings.warn_secret else None
+    return WarningSender(
+        settings.warn_url.get_secret_value(),
+        settings.warn_before,
+        (settings.warn_secret_header, secret) if secret else None,
+        retries=settings.warn_retries,
+        timeout=settings.warn_timeout,
+        service_url=settings.activity_page_url,
+        publish=publish,
+    )
+
+
+def cycle_options(settings: Settings) -> CycleOptions:
+    return CycleOptions(
+        dry_run=settings.dry_run,
+        max_stops=settings.max_stops_per_cycle,
+        max_stop_fraction=settings.max_stop_fraction,
+        follow_up_timeout=settings.follow_up_timeout,
+        probe_timeout=settings.probe_timeout,
+        interval=settings.interval,
+        listing_deadline=settings.listing_deadline,
+        recheck_fraction=settings.recheck_fraction,
+    )
+
+
+async def bind(runner: web.AppRunner, url: str, prefix: str) -> None:
+    """Listen; if the port is taken, say so once and keep culling while retrying (exiting would
+    make the hub restart the service in a tight loop)."""
+    where = urlsplit(url)
+    site = web.TCPSite(runner, where.hostname or "127.0.0.1", where.port or 10101)
+    failed = False
+    while True:
+        try:
+            await site.start()
+        except OSError as error:
+            if not failed:
+                event(
+                    log, logging.ERROR, "cannot listen; retrying every 10s", url=url, error=error.strerror or str(error)
+                )
+            failed = True
+            await asyncio.sleep(10)
+            continue
+        event(log, logging.INFO, "listening", url=url, prefix=prefix)
+        return
+
+
+async def serve_unready(reason: str, bind_url: str, prefix: str) -> int:
+    """Under a hub, a service with bad settings keeps serving, unready, until it is stopped (see
+    ``make_unready_app``); it culls nothing."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(make_unready_app(prefix, reason), handle_signals=False, access_log=None)
+    await runner.setup()
+    task = asyncio.create_task(bind(runner, bind_url, prefix))
+    await stop.wait()
+    task.cancel()
+    await runner.cleanup()
+    return 0
+
+
+class Service:
+    def __init__(self, settings: Settings, store: PolicyStore, culler: Culler, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.culler = culler
+        self.metrics = metrics
+        self.latest = LatestDecisions()
+        self.history = StopHistory(settings.stop_history, settings.stop_history_limit)
+        culler.events.subscribe(self.latest, self.history)
+        self.health = Health(settings.interval)
+        self.setup = SetupCheck(culler.hub, self.health, culler.settler.probes, settings.dry_run)
+        self._cycle_task: asyncio.Task[None] | None = None
+        self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
+        self._bind_tasks: list[asyncio.Task[None]] = []
+        self._settle_task: asyncio.Task[None] | None = None
+
+    async def cycle(self) -> CycleReport | None:
+        """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
+        self._cycle_task = asyncio.current_task()
+        started = utcnow()
+        try:
+            state = self.store.refresh()
+            if state.policy is None:
+                self.health.record(started, f"no valid policy: {state.error}")
+                return None
+            policy = await self.setup.before_cycle(state.policy, state.hash)
+            blocker = self.health.blocker()
+            if blocker:  # e.g. a scope every cycle needs: nothing is judged, nothing is stopped
+                self.health.record(started, blocker)
+                return None
+            report = await self.culler.run(policy)
+        except Exception as error:  # a guarded root task: log by name, report unhealthy, keep serving
+            log.exception("cycle crashed")
+            self.health.record(started, f"cycle crashed: {type(error).__name__}: {error}")
+            return None
+        except asyncio.CancelledError:
+            if not self.culler.stopping.is_set():
+                raise
+            # Cancelled by _finish_cycle after shutdown_timeout: expected, not a job failure to log.
+            event(log, logging.WARNING, "cycle cancelled at shutdown", after=f"{self.settings.shutdown_timeout:g}s")
+            return None
+        self.health.record(utcnow(), report.error)
+        return report
+
+    async def refresh_policy(self) -> None:
+        try:
+            self.store.refresh()
+        except Exception:
+            log.exception("policy refresh crashed")
+
+    def health_status(self) -> tuple[bool, dict[str, object]]:
+        state = self.store.state
+        ok, body = self.health.status(utcnow(), state.error, state.policy is not None)
+        return ok, {**body, "policy_hash": state.hash, "dry_run": self.settings.dry_run}
+
+    async def run_once(self) -> int:
+        report = await self.cycle()
+        await self.culler.follow_ups_done()
+        await self._drain_warnings()
+        return 0 if report is not None and report.ok else 1
+
+    async def _drain_warnings(self) -> None:
+        """Deliver the last notices (the final "stopped" ones come from the follow-ups), bounded."""
+        for listener in self.culler.events.observers:
+            if isinstance(listener, WarningSender):
+                await listener.drain(self.settings.shutdown_timeout)
+                await listener.close()
+
+    async def serve(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.refresh_policy()  # so that health speaks of the policy from the first request
+        runner = await self._start_web()
+        scheduler = self._start_scheduler()
+        await stop.wait()
+        event(log, logging.INFO, "shutting down")
+        # Pause, not shut down, first: APScheduler's asyncio executor cancels running jobs at shutdown,
+        # which would cut the in-flight stops short instead of letting them finish.
+        scheduler.pause()
+        await self._finish_cycle()
+        scheduler.shutdown(wait=False)
+        for task in self._bind_tasks:
+            task.cancel()
+        for extra in self._runners:
+            await extra.cleanup()
+        await runner.cleanup()
+        await self.culler.close()
+        event(log, logging.INFO, "stopped")
+        return 0
+
+    def _rows(self) -> list[dict[str, object]]:
+        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe_by_key(), self.history)
+
+    def _oauth(self) -> OAuthConfig | None:
+        """The page's login through the hub: only for a service registered with a url (it has a client id)."""
+        s = self.settings
+        if not s.oauth_client_id or s.api_token is None:
+            return None
+        return OAuthConfig(
+            client_id=s.oauth_client_id,
+            client_secret=s.api_token.get_secret_value(),
+            redirect_uri=s.oauth_callback_url or f"{s.service_prefix.rstrip('/')}/oauth_callback",
+            token_url=self.culler.hub.api_url + "oauth2/token",
+            authorize_url=s.authorize_url,
+            session_ttl=s.session_ttl,
+            secure_cookies=s.secure_cookies,
+            ssl_context=hub_ssl_context(s),
+        )
+
+    async def settle_poll(self) -> None:
+        """A guarded root task: a probe or stop surprise is logged, never raised into the scheduler."""
+        self._settle_task = asyncio.current_task()
+        try:
+            await self.culler.settler.poll()
+        except Exception:
+            log.exception("settle poll crashed")
+
+    async def _start_web(self) -> web.AppRunner:
+        handler = make_aiohttp_handler(self.metrics.registry) if self.metrics is not None else None
+        oauth = self._oauth()
+        app = make_app(
+            self.settings.service_prefix,
+            self.health_status,
+            self.culler.settler.describe,
+            self.culler.hub.token_scopes,
+            handler,
+            self.settings.service_name,
+            index_page=oauth is None,
+        )
+        add_activity_routes(
+            app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.culler.hub), oauth
+        )
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        self._bind_tasks.append(asyncio.create_task(self._bind(runner, self.settings.bind_url)))
+        if handler is not None and self.settings.metrics_bind_url:
+            open_runner = web.AppRunner(make_metrics_app(handler), handle_signals=False, access_log=None)
+            await open_runner.setup()
+            self._runners.append(open_runner)
+            self._bind_tasks.append(asyncio.create_task(self._bind(open_runner, self.settings.metrics_bind_url)))
+        return runner
+
+    async def _bind(self, runner: web.AppRunner, url: str) -> None:
+        await bind(runner, url, self.settings.service_prefix)
+
+    def _start_scheduler(self) -> AsyncIOScheduler:
+        interval = self.settings.interval
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self.cycle,
+            IntervalTrigger(seconds=interval, jitter=min(30.0, interval * 0.05)),
+            id="cycle",
+            next_run_time=utcnow(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+        )
+        if self.store.path is not None:
+            scheduler.add_job(self.refresh_policy, IntervalTrigger(seconds=self.settings.policy_poll), id="policy")
+        scheduler.add_job(
+            self.settle_poll,
+            IntervalTrigger(seconds=self.settings.settle_poll),
+            id="settle",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        return scheduler
+
+    async def _finish_cycle(self) -> None:
+        """Let a running cycle finish its in-flight stops (bounded); no new stop starts."""
+        self.culler.stopping.set()  # also ends stop follow-ups at their next poll
+        running = {t for t in (self._cycle_task, self._settle_task) if t is not None and not t.done()}
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.shutdown_timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        await self.culler.follow_ups_done()
+        await self._drain_warnings()
