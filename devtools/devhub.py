@@ -256,8 +256,7 @@ c.JupyterHub.load_roles = [{{
         (self.workdir / "home").mkdir(parents=True, exist_ok=True)
         config = self.workdir / "jupyterhub_config.py"
         config.write_text(self.config())
-        env = {**os.environ, **self.env}
-        env = {k: v for k, v in env.items() if v is not None}
+        env = {k: v for k, v in {**os.environ, **self.env}.items() if v is not None}
         env.pop("JUPYTERHUB_API_TOKEN", None)
         self._log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(

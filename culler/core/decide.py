@@ -151,8 +151,8 @@ def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now
     if idle_due is not None and now >= idle_due:
         reason = f"no activity for {format_duration(idle)} (limit {format_duration(idle_limit)}, rule {rule_id})"
         return Decision(server, Action.STOP, rule_id, reason, idle, idle_due, remove, settle=_settle(policy, rule))
-    if age_due is not None and now >= age_due:
-        age = (now - server.started).total_seconds()  # age_due is only set when the server has a start
+    if age_due is not None and server.started is not None and now >= age_due:
+        age = (now - server.started).total_seconds()
         reason = f"running for {format_duration(age)} (max age {format_duration(max_age)}, rule {rule_id})"
         return Decision(server, Action.STOP, rule_id, reason, idle, age_due, remove, settle=_settle(policy, rule))
     stop_at = min((t for t in (idle_due, age_due) if t is not None), default=None)

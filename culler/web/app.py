@@ -20,11 +20,11 @@ ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
-HEALTH_KEY = web.AppKey("health", HealthFn)
-METRICS_KEY = web.AppKey("metrics", Handler)
+HEALTH_KEY: web.AppKey[HealthFn] = web.AppKey("health")
+METRICS_KEY: web.AppKey[Handler] = web.AppKey("metrics")
 SERVICE_KEY = web.AppKey("service", str)
-SETTLING_KEY = web.AppKey("settling", SettlingFn)
-TOKENS_KEY = web.AppKey("tokens", "TokenCache[frozenset[str]]")
+SETTLING_KEY: web.AppKey[SettlingFn] = web.AppKey("settling")
+TOKENS_KEY: web.AppKey[TokenCache[frozenset[str]]] = web.AppKey("tokens")
 
 # Whoever may read every server on the hub may see which are settling: nothing new is revealed.
 READ_ALL_SERVERS = frozenset({"read:servers", "admin:servers"})
