@@ -35,12 +35,13 @@ from culler.adapters.probes.treescan import TreeScanProbe
 from culler.core.timeutil import utcnow
 from culler.engine.cycle import Culler, CycleOptions
 from culler.observers.history import StopHistory
+from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import PREFIX, Metrics
 from culler.observers.notices import WarningSender
 from culler.policy.model import Policy
 from culler.web.app import TokenCache
 from culler.web.page import ActivityWeb
-from culler.web.rows import LatestDecisions, rows
+from culler.web.rows import rows
 
 POLICY = Policy.model_validate(
     {
@@ -212,7 +213,7 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
         live = churn.live()
         table = sizes(culler, warnings, latest, history, page, tokens, probe, metrics)
         await warnings.close()
-        await culler.close()
+        await hub.close()
     await hook_runner.cleanup()
     await fake.close()
     growth = (end_rss - start_rss) / MIB

@@ -1,4 +1,5 @@
-"""Wires the parts together: hub client, policy store, culler, scheduler, web endpoints, signals."""
+"""The one place that builds everything, runs it and closes it: hub and proxy clients, probes, the engine,
+its observers, the scheduler, the web endpoints and the signals (``build_service``, ``Service``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -21,7 +24,8 @@ from culler.adapters.probes.prometheus import PrometheusProbe
 from culler.adapters.probes.treescan import TreeScanProbe
 from culler.adapters.proxy import ProxyActivity
 from culler.core.clock import ClockWatch
-from culler.core.events import Event
+from culler.core.decide import PluginFn
+from culler.core.events import Bus, Event
 from culler.core.names import Template
 from culler.core.report import CycleReport
 from culler.core.timeutil import utcnow
@@ -30,12 +34,13 @@ from culler.engine.health import Health
 from culler.engine.setup_check import SetupCheck
 from culler.logs import event
 from culler.observers.history import StopHistory
+from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import Metrics
 from culler.observers.notices import WarningSender
 from culler.settings import Settings
 from culler.web.app import make_app, make_metrics_app, make_unready_app
 from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
-from culler.web.rows import LatestDecisions, rows
+from culler.web.rows import rows
 
 log = logging.getLogger("culler.app")
 
@@ -157,21 +162,71 @@ async def serve_unready(reason: str, bind_url: str, prefix: str) -> int:
     return 0
 
 
+def build_service(
+    settings: Settings, store: PolicyStore, plugins: Mapping[str, PluginFn], probes: Mapping[str, Probe]
+) -> Service:
+    """Every part of the running service, wired once; each HTTP session is closed by ``Service.close``."""
+    resources = AsyncExitStack()
+    metrics = Metrics(per_server=settings.per_server_metrics)
+    metrics.known_probes(probes)
+    bus = Bus()
+    store.publish = bus.publish
+    hub = make_hub(settings, observer=metrics.hub_request)
+    resources.push_async_callback(hub.close)
+    activity = make_activity(settings)
+    if activity is not None:
+        resources.push_async_callback(activity.close)
+    for probe in probes.values():
+        if isinstance(probe, PrometheusProbe):
+            resources.push_async_callback(probe.close)
+    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=activity, events=bus)
+    warnings = make_warnings(settings, bus.publish)
+    if warnings is not None:
+        resources.push_async_callback(warnings.close)
+    latest = LatestDecisions()
+    history = StopHistory(settings.stop_history, settings.stop_history_limit)
+    bus.subscribe(metrics, *([warnings] if warnings else []), latest, history)
+    metrics.watch(store, culler.ledger, [hub.clock] + ([activity.clock] if activity is not None else []))
+    if store.state.policy is not None:
+        metrics.known_rules(rule.id for rule in store.state.policy.rules)
+    health = Health(settings.interval)
+    parts = Parts(metrics, latest, history, health, SetupCheck(hub, health, probes, settings.dry_run), warnings)
+    return Service(settings, store, culler, parts, resources)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the service serves and reports from, besides the engine."""
+
+    metrics: Metrics | None
+    latest: LatestDecisions
+    history: StopHistory
+    health: Health
+    setup: SetupCheck
+    warnings: WarningSender | None = None
+
+
 class Service:
-    def __init__(self, settings: Settings, store: PolicyStore, culler: Culler, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: PolicyStore, culler: Culler, parts: Parts, resources: AsyncExitStack
+    ) -> None:
         self.settings = settings
         self.store = store
         self.culler = culler
-        self.metrics = metrics
-        self.latest = LatestDecisions()
-        self.history = StopHistory(settings.stop_history, settings.stop_history_limit)
-        culler.events.subscribe(self.latest, self.history)
-        self.health = Health(settings.interval)
-        self.setup = SetupCheck(culler.hub, self.health, culler.settler.probes, settings.dry_run)
+        self.metrics = parts.metrics
+        self.latest = parts.latest
+        self.history = parts.history
+        self.health = parts.health
+        self.setup = parts.setup
+        self.warnings = parts.warnings
+        self.resources = resources  # every session the wiring opened, closed once by close()
         self._cycle_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
         self._bind_tasks: list[asyncio.Task[None]] = []
         self._settle_task: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        await self.resources.aclose()
 
     async def cycle(self) -> CycleReport | None:
         """One scheduled cycle: refresh the policy, then cull under it (or under nothing)."""
@@ -220,10 +275,8 @@ class Service:
 
     async def _drain_warnings(self) -> None:
         """Deliver the last notices (the final "stopped" ones come from the follow-ups), bounded."""
-        for listener in self.culler.events.observers:
-            if isinstance(listener, WarningSender):
-                await listener.drain(self.settings.shutdown_timeout)
-                await listener.close()
+        if self.warnings is not None:
+            await self.warnings.drain(self.settings.shutdown_timeout)
 
     async def serve(self) -> int:
         stop = asyncio.Event()
@@ -245,7 +298,7 @@ class Service:
         for extra in self._runners:
             await extra.cleanup()
         await runner.cleanup()
-        await self.culler.close()
+        await self.close()
         event(log, logging.INFO, "stopped")
         return 0
 

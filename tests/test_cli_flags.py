@@ -6,7 +6,9 @@ import shlex
 
 import pytest
 
-from culler.cli import UsageError, _serve_parser, flags_policy, main, policy_store, settings_from
+from culler.cli import main
+from culler.cli.flags import UsageError, flags_policy, settings_from
+from culler.cli.serve import _serve_parser, policy_store
 from culler.settings import POLICY_FLAGS, Settings
 
 TOKEN = "s3cr3t-hub-token-6c1f"

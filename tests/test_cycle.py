@@ -445,7 +445,7 @@ async def make_settling_culler(fake: FakeHub, aiohttp_server: Any, tmp_path: Any
 
     yield factory
     for culler in cullers:
-        await culler.close()
+        await culler.hub.close()
 
 
 def home(tmp_path: Any, user: str) -> Any:

@@ -18,7 +18,8 @@ import yaml
 from aiohttp import web
 
 from culler import __version__
-from culler.cli import _serve_parser, settings_from
+from culler.cli.flags import settings_from
+from culler.cli.serve import _serve_parser
 from culler.policy.model import load_policy, parse_policy
 from culler.settings import Settings
 from culler.web.app import make_app, make_metrics_app

@@ -7,7 +7,7 @@ import pytest
 from fakehub import API, TOKEN, FakeHub
 
 from culler.adapters.hub import HubClient
-from culler.cli import _fetch_servers
+from culler.cli.explain import _fetch_servers
 from culler.core.decide import Action, Decision, evaluate
 from culler.core.explain import changes, changes_table, describe, explain_table, verdict
 from culler.core.snapshot import ServerSnapshot
@@ -180,7 +180,7 @@ async def test_explain_skips_a_malformed_user_as_the_service_does(aiohttp_server
     server = await aiohttp_server(fake.make_app())
     look = Look(HubClient(str(server.make_url(API)), TOKEN))
     servers = await _fetch_servers(look, None)
-    await look.close()
+    await look.hub.close()
     assert [s.user for s in servers] == ["alice"]
     assert "broken" in capsys.readouterr().err
 

@@ -33,7 +33,7 @@ def test_the_wheel_holds_the_package_and_its_entry_point(wheel: Path) -> None:
         names = archive.namelist()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "jupyterhub-activity-culler = culler.cli:main" in archive.read(entry_points).decode()
-    assert "culler/cli.py" in names and "culler/adapters/probes/treescan.py" in names
+    assert "culler/cli/__init__.py" in names and "culler/adapters/probes/treescan.py" in names
     for room in ("policy", "core", "adapters", "engine", "observers", "web"):
         assert f"culler/{room}/__init__.py" in names
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "devtools/"))]

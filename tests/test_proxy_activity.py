@@ -209,7 +209,9 @@ async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[Culle
 
     yield factory
     for culler in cullers:
-        await culler.close()
+        await culler.hub.close()
+        if culler.activity is not None:
+            await culler.activity.close()
 
 
 async def test_a_cycle_uses_the_proxys_route_times(

@@ -22,7 +22,7 @@ from culler.engine.cycle import Culler
 from culler.settings import Settings
 from culler.web.app import make_app
 from culler.wiring import Service as AppService
-from culler.wiring import cycle_options, make_hub
+from culler.wiring import build_service, cycle_options, make_hub
 
 TOKEN = "svc-tok-9f3c1e7a5b2d4c6e8f0a"  # distinctive: grep-able in output
 USERS = API + "/users"
@@ -284,8 +284,7 @@ def make_service(tmp_path: Path, hub_url: str = "http://127.0.0.1:9/hub/api") ->
     policy = tmp_path / "policy.yaml"
     policy.write_text(GOOD_POLICY)
     settings = Settings(url=hub_url, api_token=TOKEN, policy=policy, cull_every=1)
-    culler = Culler(make_hub(settings), cycle_options(settings))
-    return AppService(settings, PolicyStore(path=policy), culler)
+    return build_service(settings, PolicyStore(path=policy), {}, {})
 
 
 async def test_endpoints_live_under_the_service_prefix(aiohttp_client: Any, tmp_path: Path) -> None:

@@ -196,11 +196,6 @@ class Culler:
             return None
         return fresh.action is Action.STOP
 
-    async def close(self) -> None:
-        """Close every HTTP session: the hub's, the proxy's, the probes'."""
-        await self.look.close()
-        await self.settler.close()
-
     async def follow_ups_done(self) -> dict[str, Phase]:
         """Wait for the stops still being followed up (``--once``, shutdown and tests)."""
         return await self.stopper.follow_ups_done()

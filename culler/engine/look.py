@@ -139,8 +139,3 @@ class Look:
         routes = await self.activity.routes()
         servers = with_route_activity(list(listing.servers.values()), routes)
         listing.servers = {server.key: server for server in servers}
-
-    async def close(self) -> None:
-        await self.hub.close()
-        if self.activity is not None:
-            await self.activity.close()

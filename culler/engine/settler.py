@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from culler.adapters.probes.base import Probe
 from culler.core.decide import Action, Decision
@@ -280,10 +279,3 @@ class Settler:
 
     def describe_by_key(self) -> dict[str, dict[str, object]]:
         return {key: settling.describe() for key, settling in self.settling.items()}
-
-    async def close(self) -> None:
-        """Close the probes that hold sessions (the Prometheus probe)."""
-        for probe in self.probes.values():
-            close: Any = getattr(probe, "close", None)
-            if close is not None:
-                await close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 
 from culler.adapters.hub import HubClient, HubError
 from culler.adapters.probes.base import Probe
@@ -24,7 +25,7 @@ ROOT_CHECK_TIMEOUT = 5.0  # a hung NFS mount must not hang the cycle
 
 
 class SetupCheck:
-    def __init__(self, hub: HubClient, health: Health, probes: dict[str, Probe], dry_run: bool) -> None:
+    def __init__(self, hub: HubClient, health: Health, probes: Mapping[str, Probe], dry_run: bool) -> None:
         self.hub = hub
         self.health = health
         self.probes = probes

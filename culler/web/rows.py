@@ -1,5 +1,5 @@
 """What users (and admins) see about their servers: rows built from the latest decisions, the settling
-servers and the stop history (pure, no I/O). ``LatestDecisions`` is the listener that keeps the decisions."""
+servers and the stop history (pure, no I/O); the decisions come from culler.observers.latest."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from culler.core.decide import Decision
-from culler.core.events import CycleDecided, Event, StopEnded
-from culler.core.lifecycle import Phase
-from culler.core.report import CycleReport
 from culler.core.timeutil import isoformat, utcnow
 from culler.core.views import ServerState, state_of
 from culler.policy.durations import format_duration
@@ -20,30 +17,6 @@ _UNITS = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("se
 
 class History(Protocol):
     def last_stop(self, user: str, server: str) -> dict[str, str | None] | None: ...
-
-
-class LatestDecisions:
-    """An observer keeping the decisions of the latest cycle that listed the hub."""
-
-    def __init__(self) -> None:
-        self.decisions: list[Decision] = []
-        self.at: datetime | None = None
-
-    def observe(self, event: Event) -> None:
-        match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result):
-                self.server_stopped(decision, result)
-
-    def cycle_done(self, report: CycleReport) -> None:
-        if report.decisions or report.error is None:
-            self.decisions = list(report.decisions)
-            self.at = report.started
-
-    def server_stopped(self, decision: Decision, result: Phase) -> None:
-        if result in (Phase.STOPPED, Phase.GONE):
-            self.decisions = [d for d in self.decisions if d.server.key != decision.server.key]
 
 
 def humanize(seconds: float) -> str:
