@@ -36,7 +36,7 @@ from pathlib import Path
 
 from culler.adapters.probes.treescan import CHECK_EVERY, TreeScanProbe, TreeWalk
 from culler.adapters.probes.treescan import _ServerScan as ServerScan  # the per-server state, for synchronous polls
-from culler.core.settle import Observation, Seen, Verdict, judge
+from culler.core.settle import Observation, Seen, SettleVerdict, judge
 from culler.core.snapshot import ServerSnapshot
 from culler.policy.model import Settle
 
@@ -304,7 +304,7 @@ async def settle_trial(root: Path, target: Path, args: argparse.Namespace) -> Se
         observation = await probe.observe(snapshot, args.window)
         now, polls = time.monotonic(), polls + 1
         verdict, _ = judge({probe.name: observation}, settle, waited=now - began)
-        if verdict is Verdict.STOP:
+        if verdict is SettleVerdict.STOP:
             if writer.poll() is None:
                 early = True
             else:

@@ -10,15 +10,8 @@ import pytest
 from fakehub import API, PAGINATION_MEDIA_TYPE, TOKEN, FakeHub
 from process_support import wait_for
 
-from culler.adapters.hub import (
-    DEFAULT_PAGE_LIMIT,
-    HubAPIError,
-    HubClient,
-    HubInterrupted,
-    HubProtocolError,
-    HubUnreachable,
-    StopOutcome,
-)
+from culler.adapters.errors import HubAPIError, HubInterrupted, HubProtocolError, HubUnreachable
+from culler.adapters.hub import DEFAULT_PAGE_LIMIT, HubClient, StopOutcome
 
 USERS = API + "/users"
 

@@ -11,8 +11,9 @@ import pytest
 from aiohttp import web
 from fakehub import API, FakeHub, format_http_date, free_port, iso
 
+from culler.adapters.errors import ProxyActivityError
 from culler.adapters.hub import HubClient
-from culler.adapters.proxy import ProxyActivity, ProxyActivityError, parse_routes
+from culler.adapters.proxy import ProxyActivity, parse_routes
 from culler.core.decide import Action, evaluate
 from culler.core.lifecycle import Phase
 from culler.core.snapshot import Routes, ServerSnapshot, with_route_activity
@@ -302,3 +303,11 @@ def test_proxy_activity_repr_hides_the_token() -> None:
     activity = ProxyActivity("http://proxy:8001/", PROXY_TOKEN)
     assert activity.url == "http://proxy:8001/api/routes"
     assert PROXY_TOKEN not in repr(activity)
+
+
+def test_a_proxy_failure_is_a_source_error_not_a_hub_error() -> None:
+    """One error tree: the cycle catches every source's failure, and a proxy failure never reads as the hub's."""
+    from culler.adapters.errors import HubError, SourceError
+
+    assert issubclass(ProxyActivityError, SourceError) and issubclass(HubError, SourceError)
+    assert not issubclass(ProxyActivityError, HubError)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from culler.adapters.hub import HubUnreachable
+from culler.adapters.errors import HubUnreachable
 from culler.web.app import TOKENS_KEY, TokenCache, make_app
 
 SETTLING = [{"server": "alice", "rule": "gpu", "since": "2025-06-01T12:00:00Z", "probes": {"tree-scan": "unknown"}}]

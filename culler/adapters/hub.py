@@ -23,6 +23,14 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from culler.adapters.errors import (
+    HubAPIError,
+    HubBackingOff,
+    HubInterrupted,
+    HubListingError,
+    HubProtocolError,
+    HubUnreachable,
+)
 from culler.core.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.core.listing import ListingBounds, ListingError, page_info
 from culler.core.timeutil import utcnow
@@ -42,34 +50,6 @@ DEFAULT_LISTING_CAP = 3600.0  # seconds a listing may take when the caller does 
 RequestObserver = Callable[[str, str, str, float], None]  # method, endpoint template, status, seconds
 
 
-class HubError(Exception):
-    """Any failure talking to the hub; the message is safe to log (no token, body cut short)."""
-
-
-class HubUnreachable(HubError):
-    pass
-
-
-class HubProtocolError(HubError):
-    """The hub answered something this client cannot trust (not JSON, wrong shape)."""
-
-
-class HubInterrupted(HubError):
-    """The request was not sent: shutdown began while it waited for a slot or a retry."""
-
-
-class HubBackingOff(HubError):
-    """Not sent: the hub asked (Retry-After) not to be asked again before a time that is still ahead."""
-
-
-class HubListingError(HubProtocolError):
-    """A listing broke one of its bounds (see ``culler.listing``); ``reason`` is the metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -84,12 +64,6 @@ class Page:
 
     users: list[Any]
     reading: Reading
-
-
-class HubAPIError(HubError):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class StopOutcome(StrEnum):

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import aiohttp
 
-from culler.adapters.hub import HubUnreachable
+from culler.adapters.errors import ProxyActivityError
 from culler.core.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.core.snapshot import Routes
 from culler.core.timeutil import parse_time, utcnow
@@ -23,10 +23,6 @@ from culler.logs import event
 log = logging.getLogger("culler.proxy")
 
 RouteActivity = dict[tuple[str, str], datetime]  # (user, server name) -> last traffic
-
-
-class ProxyActivityError(HubUnreachable):
-    """The proxy's API could not be read: the cycle stops nothing."""
 
 
 class ProxyActivity:

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from culler.adapters.hub import DEFAULT_LISTING_CAP, HubError
+from culler.adapters.errors import SourceError
+from culler.adapters.hub import DEFAULT_LISTING_CAP
 from culler.adapters.plugins import installed_plugins
 from culler.cli.flags import PROG, UsageError, add_service_flags, flags_policy, settings_from
 from culler.core.decide import Decision
@@ -30,7 +31,7 @@ from culler.wiring import make_activity, make_hub
 def explain_command(argv: Sequence[str]) -> int:
     try:
         return _explain(argv)
-    except (HubError, SnapshotError) as error:  # the hub could not be read: said in one line
+    except (SourceError, SnapshotError) as error:  # the hub could not be read: said in one line
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
 

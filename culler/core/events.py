@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from culler.core.decide import Decision
     from culler.core.lifecycle import Phase
     from culler.core.report import CycleReport
-    from culler.core.settle import Observation, Verdict
+    from culler.core.settle import Observation, SettleVerdict
 
 log = logging.getLogger("culler.events")
 
@@ -53,7 +53,7 @@ class SettleObserved:
 
     decision: Decision
     observations: Mapping[str, Observation]
-    verdict: Verdict
+    verdict: SettleVerdict
 
 
 @dataclass(frozen=True)

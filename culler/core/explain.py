@@ -24,10 +24,10 @@ def verdict(decision: Decision, now: datetime) -> str:
     return f"keep, stop at {isoformat(decision.stop_at)} (in {format_duration(left)})"
 
 
-Settling = Mapping[str, Mapping[str, object]]  # server label -> what the running service reports
+SettlingInfo = Mapping[str, Mapping[str, object]]  # server label -> what the running service reports (api/settling)
 
 
-def describe(decision: Decision, now: datetime, settling: Settling | None = None) -> dict[str, str]:
+def describe(decision: Decision, now: datetime, settling: SettlingInfo | None = None) -> dict[str, str]:
     server = decision.server
     row = {
         "server": server.label,
@@ -55,7 +55,7 @@ def render(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def explain_table(decisions: Sequence[Decision], now: datetime, settling: Settling | None = None) -> str:
+def explain_table(decisions: Sequence[Decision], now: datetime, settling: SettlingInfo | None = None) -> str:
     rows = [describe(d, now, settling) for d in sorted(decisions, key=lambda d: d.server.key)]
     return render(rows, ["server", "activity", "idle", "rule", "decision", "reason"])
 

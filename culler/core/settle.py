@@ -51,38 +51,38 @@ def unknown(detail: str, *, error: bool = False) -> Observation:
     return Observation(Seen.UNKNOWN, detail=detail, error=error)
 
 
-class Verdict(StrEnum):
+class SettleVerdict(StrEnum):
     WAIT = "wait"
     STOP = "stop"  # every probe vouches for the window
     STOP_UNVERIFIED = "stop-unverified"  # the cap was reached and the policy says stop anyway
     HOLD = "hold"  # the cap was reached and the policy says skip: keep deferring, reported
 
 
-def judge(observations: Mapping[str, Observation], settle: Settle, waited: float) -> tuple[Verdict, str]:
+def judge(observations: Mapping[str, Observation], settle: Settle, waited: float) -> tuple[SettleVerdict, str]:
     """The verdict for one settling server, with its reason."""
     settled = bool(observations) and all(o.vouches(settle.window) for o in observations.values())
     summary = "; ".join(f"{name}: {observation}" for name, observation in sorted(observations.items()))
     if settled:
-        return Verdict.STOP, f"home quiet for at least {format_duration(settle.window)} ({summary})"
+        return SettleVerdict.STOP, f"home quiet for at least {format_duration(settle.window)} ({summary})"
     if waited < settle.max_deferral:
-        return Verdict.WAIT, f"waiting for quiet ({summary or 'no observation yet'})"
+        return SettleVerdict.WAIT, f"waiting for quiet ({summary or 'no observation yet'})"
     capped = f"not quiet after {format_duration(waited)} (max deferral {format_duration(settle.max_deferral)})"
     if settle.at_cap == "stop":
-        return Verdict.STOP_UNVERIFIED, f"{capped}; stopping unverified ({summary})"
-    return Verdict.HOLD, f"{capped}; kept as the policy says at_cap: skip ({summary})"
+        return SettleVerdict.STOP_UNVERIFIED, f"{capped}; stopping unverified ({summary})"
+    return SettleVerdict.HOLD, f"{capped}; kept as the policy says at_cap: skip ({summary})"
 
 
 DEFERRAL_REASONS = ("active", "unknown", "window", "cap")
 
 
-def deferrals(observations: Mapping[str, Observation], window: float, verdict: Verdict) -> list[tuple[str, str]]:
+def deferrals(observations: Mapping[str, Observation], window: float, verdict: SettleVerdict) -> list[tuple[str, str]]:
     """(reason, probe) for each probe whose answer deferred the stop in one poll: at the cap, or not
     vouching for the window (active, cannot tell, or quiet but not long enough)."""
     found = []
     for name, observation in sorted(observations.items()):
-        if verdict is Verdict.HOLD:
+        if verdict is SettleVerdict.HOLD:
             found.append(("cap", name))
-        elif verdict is Verdict.WAIT and not observation.vouches(window):
+        elif verdict is SettleVerdict.WAIT and not observation.vouches(window):
             why = "window" if observation.seen is Seen.QUIET else str(observation.seen)  # active, unknown
             found.append((why, name))
     return found

@@ -10,9 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from culler.adapters.hub import HubClient, HubError, HubListingError
+from culler.adapters.errors import HubListingError, ProxyActivityError, SourceError
+from culler.adapters.hub import HubClient
 from culler.adapters.probes.base import Probe
-from culler.adapters.proxy import ProxyActivity, ProxyActivityError
+from culler.adapters.proxy import ProxyActivity
 from culler.core.decide import Action, Decision, PluginFn
 from culler.core.events import Bus, CycleDecided
 from culler.core.guard import apply_guard
@@ -101,7 +102,7 @@ class Culler:
         self._policy = policy
         try:
             listing = await self.look.everything(self._listing_cap(), with_users=policy.users is not None)
-        except HubError as error:
+        except SourceError as error:
             what = "reading the proxy's activity" if isinstance(error, ProxyActivityError) else "listing users"
             report.error = f"{what} failed, no stops this cycle: {error}"
             report.listing_failure = error.reason if isinstance(error, HubListingError) else "error"
@@ -184,7 +185,7 @@ class Culler:
         before = decision.server
         try:
             found = await self.look.user(before.user, before.name)
-        except (HubError, SnapshotError) as error:
+        except (SourceError, SnapshotError) as error:
             event(log, logging.WARNING, "cannot confirm a server is still idle", server=before.key, error=str(error))
             return None
         if not found:

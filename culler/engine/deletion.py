@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from culler.adapters.hub import HubClient, HubError, HubInterrupted
+from culler.adapters.errors import HubError, HubInterrupted
+from culler.adapters.hub import HubClient
 from culler.core.decide import UserDecision, evaluate_user
 from culler.core.lifecycle import Phase
 from culler.core.report import CycleReport

@@ -20,7 +20,7 @@ from culler.adapters.probes.base import Probe
 from culler.core.decide import Action, Decision
 from culler.core.events import Event, SettleObserved
 from culler.core.lifecycle import Ledger, Phase, Record
-from culler.core.settle import Observation, Verdict, judge, unknown
+from culler.core.settle import Observation, SettleVerdict, judge, unknown
 from culler.core.timeutil import isoformat
 from culler.engine.stopper import ConfirmFn
 from culler.logs import event
@@ -165,9 +165,9 @@ class Settler:
         self._log_errors(settling)
         verdict, settling.reason = judge(settling.observations, settle, settling.waited)
         self._publish(SettleObserved(settling.decision, dict(settling.observations), verdict))
-        if verdict is Verdict.WAIT:
+        if verdict is SettleVerdict.WAIT:
             return
-        if verdict is Verdict.HOLD:
+        if verdict is SettleVerdict.HOLD:
             if not settling.at_cap:
                 settling.at_cap = True
                 self._event(logging.WARNING, "settle cap reached; keeping the server", settling)
@@ -176,7 +176,7 @@ class Settler:
             return
         settling.cancel_tasks()
         self._forget(settling.record.key)
-        unverified = verdict is Verdict.STOP_UNVERIFIED
+        unverified = verdict is SettleVerdict.STOP_UNVERIFIED
         if unverified:
             self._event(logging.WARNING, "settle cap reached; stopping unverified", settling)
         else:

@@ -12,7 +12,8 @@ import logging
 import os
 from collections.abc import Mapping
 
-from culler.adapters.hub import HubClient, HubError
+from culler.adapters.errors import HubError
+from culler.adapters.hub import HubClient
 from culler.adapters.probes.base import Probe
 from culler.adapters.probes.treescan import TreeScanProbe
 from culler.core.scopes import Need, describe, missing, needs

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from culler.adapters.hub import HubClient, HubError, HubInterrupted, StopOutcome
+from culler.adapters.errors import HubError, HubInterrupted
+from culler.adapters.hub import HubClient, StopOutcome
 from culler.core.decide import Decision
 from culler.core.lifecycle import Ledger, Phase, Record
 from culler.core.snapshot import ServerSnapshot

@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 
 from aiohttp import web
 
-from culler.adapters.hub import HubError
+from culler.adapters.errors import HubError
 from culler.core.ttlmap import TTLMap
 
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]

@@ -11,16 +11,17 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 
-from culler.adapters.hub import HubClient, HubError, HubProtocolError
+from culler.adapters.errors import HubError, HubProtocolError
+from culler.adapters.hub import HubClient
 from culler.core.ttlmap import TTLMap
 from culler.web.app import READ_ALL_SERVERS, TokenCache, bearer_token, normalized_prefix
-from culler.web.rows import admin_view, for_user, humanize, server_name
+from culler.web.rows import History, admin_view, for_user, humanize, server_name
 
 log = logging.getLogger("culler.activity_web")
 
@@ -32,12 +33,6 @@ SESSION_COOKIE = "culler-activity-session"
 STATE_COOKIE = "culler-activity-state"
 STATE_TTL = 600.0
 MAX_SESSIONS = 10000
-
-
-class History(Protocol):
-    def for_user(self, name: str) -> list[dict[str, str | None]]: ...
-
-    def all(self) -> list[dict[str, str | None]]: ...
 
 
 @dataclass(frozen=True)

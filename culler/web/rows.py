@@ -16,7 +16,13 @@ _UNITS = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("se
 
 
 class History(Protocol):
+    """What the page reads from the stop history (culler.observers.history.StopHistory)."""
+
     def last_stop(self, user: str, server: str) -> dict[str, str | None] | None: ...
+
+    def for_user(self, name: str) -> list[dict[str, str | None]]: ...
+
+    def all(self) -> list[dict[str, str | None]]: ...
 
 
 def humanize(seconds: float) -> str:

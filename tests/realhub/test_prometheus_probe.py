@@ -16,7 +16,7 @@ from prometheus_support import MetricsExporter, PrometheusServer, prometheus_bin
 from realhub_support import CullerHub, start_culler_hub_with, wait_for
 
 from culler.adapters.probes.prometheus import PrometheusProbe
-from culler.core.settle import Observation, Seen, Verdict, judge
+from culler.core.settle import Observation, Seen, SettleVerdict, judge
 from culler.core.snapshot import ServerSnapshot
 from culler.policy.model import Settle
 from devtools.devhub import free_port
@@ -101,11 +101,13 @@ async def test_probe_class_against_real_prometheus(
         first = await probe.observe(server)
         first_quiet = time.monotonic()
         assert first.seen is Seen.QUIET and first.quiet_for < 1, first
-        assert judge({"prometheus": first}, settle, waited=0)[0] is Verdict.WAIT, "settled at the first quiet answer"
+        assert judge({"prometheus": first}, settle, waited=0)[0] is SettleVerdict.WAIT, (
+            "settled at the first quiet answer"
+        )
 
         async def settled() -> Observation | None:
             observation = await probe.observe(server)
-            return observation if judge({"prometheus": observation}, settle, 0)[0] is Verdict.STOP else None
+            return observation if judge({"prometheus": observation}, settle, 0)[0] is SettleVerdict.STOP else None
 
         done = await wait_for(settled, WINDOW + 5, "the probe to vouch for the window", interval=0.5)
         assert done.quiet_for >= WINDOW
