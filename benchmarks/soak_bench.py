@@ -31,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakehub import FakeHub
 
 from culler.adapters.hub import HubClient
+from culler.adapters.hub_auth import TokenCache
 from culler.adapters.probes.treescan import TreeScanProbe
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.cycle import Culler, CycleOptions
 from culler.observers.history import StopHistory
 from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import PREFIX, Metrics
 from culler.observers.notices import WarningSender
 from culler.policy.model import Policy
-from culler.web.app import TokenCache
 from culler.web.page import ActivityWeb
 from culler.web.rows import rows
 

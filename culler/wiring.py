@@ -18,6 +18,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from culler.adapters.hub import HubClient, RequestObserver, internal_ssl_context
+from culler.adapters.hub_auth import HubAuth
 from culler.adapters.policy_store import PolicyStore
 from culler.adapters.probes.base import Probe
 from culler.adapters.probes.prometheus import PrometheusProbe
@@ -28,7 +29,7 @@ from culler.core.decide import PluginFn
 from culler.core.events import Bus, Event
 from culler.core.names import Template
 from culler.core.report import CycleReport
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.cycle import Culler, CycleOptions
 from culler.engine.health import Health
 from culler.engine.setup_check import SetupCheck
@@ -220,6 +221,7 @@ class Service:
         self.setup = parts.setup
         self.warnings = parts.warnings
         self.resources = resources  # every session the wiring opened, closed once by close()
+        self.auth = HubAuth(culler.hub)  # callers' tokens: one path to the hub, one cache
         self._cycle_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []  # extra listeners (the open metrics port)
         self._bind_tasks: list[asyncio.Task[None]] = []
@@ -336,14 +338,12 @@ class Service:
             self.settings.service_prefix,
             self.health_status,
             self.culler.settler.describe,
-            self.culler.hub.token_scopes,
+            self.auth.scopes,
             handler,
             self.settings.service_name,
             index_page=oauth is None,
         )
-        add_activity_routes(
-            app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.culler.hub), oauth
-        )
+        add_activity_routes(app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.auth), oauth)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         self._bind_tasks.append(asyncio.create_task(self._bind(runner, self.settings.bind_url)))

@@ -16,11 +16,12 @@ from culler.core.events import CycleDecided, StopEnded
 from culler.core.lifecycle import Phase
 from culler.core.report import CycleReport
 from culler.core.snapshot import ServerSnapshot
+from culler.core.text import humanize
 from culler.observers.history import StopHistory
 from culler.observers.latest import LatestDecisions
 from culler.policy.model import Settle
 from culler.web.page import OAuthConfig, add_activity_routes, identity_from, render_page
-from culler.web.rows import admin_view, for_user, humanize, rows
+from culler.web.rows import admin_view, for_user, rows
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 PREFIX = "/services/culler/"

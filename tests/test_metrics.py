@@ -15,7 +15,7 @@ from culler.core.lifecycle import Ledger, Phase, Record
 from culler.core.report import CycleReport
 from culler.core.settle import Observation, active, unknown
 from culler.core.snapshot import ServerSnapshot
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.settler import Settler
 from culler.observers.metrics import SERVER_STATES, STOP_OUTCOMES, Metrics
 from culler.policy.model import Settle

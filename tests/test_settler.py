@@ -21,7 +21,7 @@ from culler.core.events import Event, StopEnded
 from culler.core.lifecycle import Ledger, Phase, Record
 from culler.core.settle import Observation, Seen, active, quiet, unknown
 from culler.core.snapshot import ServerSnapshot
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.settler import Settler
 from culler.policy.model import Settle
 

@@ -14,7 +14,7 @@ from culler.adapters.hub import HubClient
 from culler.adapters.probes.treescan import TreeScanProbe
 from culler.core.names import Template
 from culler.core.scopes import held, missing, needs
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.health import Health
 from culler.engine.setup_check import SetupCheck
 from culler.policy.model import Policy, parse_policy

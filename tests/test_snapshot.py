@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from culler.core.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of
-from culler.core.timeutil import isoformat, parse_time
+from culler.core.text import isoformat, parse_time
 
 
 def utc(*args) -> datetime:

@@ -20,7 +20,7 @@ from fakehub import API, FakeHub, format_http_date, iso
 from culler.adapters.hub import HubClient
 from culler.core.clock import ClockWatch
 from culler.core.lifecycle import Phase
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.cycle import Culler, CycleOptions
 from culler.observers.metrics import Metrics
 from culler.policy.model import Policy

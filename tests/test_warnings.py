@@ -21,7 +21,8 @@ from culler.core.events import Event, NoticeSent, PhaseChanged, StopEnded
 from culler.core.lifecycle import Phase
 from culler.core.report import CycleReport
 from culler.core.snapshot import ServerSnapshot
-from culler.observers.notices import WarningSender, in_words, server_url_path
+from culler.core.text import in_words
+from culler.observers.notices import WarningSender, server_url_path
 
 NOW = datetime(2026, 11, 26, 11, 0, tzinfo=timezone.utc)
 DAY = 86400.0

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from culler.adapters.errors import HubUnreachable
-from culler.web.app import TOKENS_KEY, TokenCache, make_app
+from culler.adapters.hub_auth import TokenCache
+from culler.web.app import make_app
 
 SETTLING = [{"server": "alice", "rule": "gpu", "since": "2025-06-01T12:00:00Z", "probes": {"tree-scan": "unknown"}}]
 TOKENS = {
@@ -37,8 +38,9 @@ def health() -> tuple[bool, dict[str, object]]:
 @pytest.fixture
 async def client(aiohttp_client: Any) -> Any:
     scopes = Scopes()
-    test_client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, scopes))
-    test_client.scopes = scopes
+    cache = TokenCache(scopes)  # as the service wires it: the endpoint asks through the one token cache
+    test_client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, cache.get))
+    test_client.scopes, test_client.cache = scopes, cache
     return test_client
 
 
@@ -101,7 +103,7 @@ async def test_repeated_requests_ask_the_hub_once_and_the_cache_holds_no_token(c
         assert (await client.get(URL, headers={"Authorization": "token reader-token-00002"})).status == 200
         assert (await client.get(URL, headers={"Authorization": "token not-a-hub-token"})).status == 403
     assert client.scopes.calls == ["reader-token-00002", "not-a-hub-token"]
-    cache: TokenCache = client.server.app[TOKENS_KEY]
+    cache: TokenCache[frozenset[str]] = client.cache
     keys = set(cache._seen.keys())
     assert keys == {hashlib.sha256(t.encode()).hexdigest() for t in ("reader-token-00002", "not-a-hub-token")}
     stored = repr(cache._seen._entries)
@@ -110,7 +112,9 @@ async def test_repeated_requests_ask_the_hub_once_and_the_cache_holds_no_token(c
 
 async def test_the_cache_asks_again_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = {"now": 1000.0}
-    monkeypatch.setattr("culler.web.app.time", SimpleNamespace(monotonic=lambda: clock["now"]))  # not the real module
+    monkeypatch.setattr(
+        "culler.adapters.hub_auth.time", SimpleNamespace(monotonic=lambda: clock["now"])
+    )  # not the real module
     scopes = Scopes()
     cache = TokenCache(scopes, ttl=60)
     assert await cache.get("reader-token-00002") == frozenset({"read:servers"})
@@ -145,7 +149,7 @@ async def test_a_hub_that_cannot_answer_gets_502_and_is_asked_again(aiohttp_clie
             raise HubUnreachable("GET user (token check): connection refused")
         return TOKENS.get(token)
 
-    client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, scopes))
+    client = await aiohttp_client(make_app("/services/culler/", health, lambda: SETTLING, TokenCache(scopes).get))
     headers = {"Authorization": "token reader-token-00002"}
     down = await client.get(URL, headers=headers)
     assert down.status == 502 and "could not check the token" in (await down.json())["error"]

@@ -33,7 +33,7 @@ from culler.adapters.errors import (
 )
 from culler.core.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.core.listing import ListingBounds, ListingError, page_info
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.logs import event
 
 log = logging.getLogger("culler.hub")
@@ -167,17 +167,22 @@ class HubClient:
         body: Any = None,
         accept: str = "application/json",
         abort: asyncio.Event | None = None,
+        token: str | None = None,
+        once: bool = False,
     ) -> Answer:
-        """One API call with retries; returns the final answer.
+        """One API call with retries (none when ``once``: a caller is waiting); returns the final answer.
 
         With ``abort``, no attempt is sent once the event is set (``HubInterrupted``): a stop queued
         behind the concurrency limit, or waiting to retry, must not go out after shutdown began.
+        ``token`` sends a caller's token instead of the service's (to ask the hub whose it is).
         """
         url = URL(self.api_url + path, encoded=True)
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        retries = 0 if once else self.retries
+        headers = {"Accept": accept} | ({"Authorization": f"token {token}"} if token is not None else {})
+        for attempt in range(retries + 1):
+            last = attempt == retries
             try:
-                answer = await self._once(method, url, template, params, body, accept, abort)
+                answer = await self._once(method, url, template, params, body, headers, abort)
             except HubUnreachable:
                 if last:
                     raise
@@ -201,7 +206,7 @@ class HubClient:
         template: str,
         params: dict[str, Any] | None,
         body: Any,
-        accept: str,
+        headers: dict[str, str],
         abort: asyncio.Event | None,
     ) -> Answer:
         started = time.monotonic()
@@ -214,7 +219,7 @@ class HubClient:
                     raise HubInterrupted(f"{method} {template}: not sent, shutting down")
                 sent = self._now()
                 async with self._get_session().request(
-                    method, url, params=params, json=body, headers={"Accept": accept}
+                    method, url, params=params, json=body, headers=headers
                 ) as response:
                     payload = await response.read()
                     status = str(response.status)
@@ -402,13 +407,10 @@ class HubClient:
 
     async def token_owner(self, token: str) -> dict[str, Any] | None:
         """The hub's model of a caller's token owner (``GET /user``: name, admin, scopes...); ``None`` when
-        the hub does not accept the token. One attempt: a caller is waiting."""
-        url = URL(self.api_url + "user", encoded=True)
-        try:
-            async with self._get_session().get(url, headers={"Authorization": f"token {token}"}) as response:
-                payload, status = await response.read(), response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            raise HubUnreachable(f"cannot reach the hub API at {self.api_url} to check a token") from error
+        the hub does not accept the token. Through the same request path as every call (paced, counted in
+        the hub-request metrics), one attempt: a caller is waiting. Cached by culler.adapters.hub_auth."""
+        answer = await self.request("GET", "user", "user", token=token, once=True)
+        payload, status = answer.body, answer.status
         if status in (401, 403):
             return None
         if status != 200:
@@ -421,19 +423,10 @@ class HubClient:
             raise HubProtocolError("GET user (token check): not a JSON object")
         return model
 
-    async def token_scopes(self, token: str) -> frozenset[str] | None:
-        """The scopes of a caller's hub token (``None`` when the hub does not accept it)."""
-        model = await self.token_owner(token)
-        if model is None:
-            return None
-        scopes = model.get("scopes")
-        if not isinstance(scopes, list):
-            raise HubProtocolError("GET user (token check): no 'scopes' list")
-        return frozenset(str(scope) for scope in scopes)
-
     async def own_scopes(self) -> frozenset[str] | None:
         """The scopes of the service's own token (None: the hub does not accept it)."""
-        return await self.token_scopes(self._token) if self._token else None
+        model = await self.token_owner(self._token) if self._token else None
+        return None if model is None else scopes_of(model)
 
     async def delete_user(self, user: str, *, abort: asyncio.Event | None = None) -> bool:
         """True when deleted (or already gone)."""
@@ -465,3 +458,11 @@ def _api_error(method: str, template: str, status: int, snippet: str) -> HubAPIE
     elif status == 401:
         hint = " (the token is not valid for this hub: check JUPYTERHUB_API_TOKEN and the service's api_token)"
     return HubAPIError(f"{method} {template}: the hub answered {status}{hint}: {snippet}", status)
+
+
+def scopes_of(model: dict[str, Any]) -> frozenset[str]:
+    """The scopes in a hub ``GET /user`` answer."""
+    scopes = model.get("scopes")
+    if not isinstance(scopes, list):
+        raise HubProtocolError("GET user (token check): no 'scopes' list")
+    return frozenset(str(scope) for scope in scopes)

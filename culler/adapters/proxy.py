@@ -17,7 +17,7 @@ import aiohttp
 from culler.adapters.errors import ProxyActivityError
 from culler.core.clock import ClockUntrusted, ClockWatch, Reading, parse_http_date
 from culler.core.snapshot import Routes
-from culler.core.timeutil import parse_time, utcnow
+from culler.core.text import parse_time, utcnow
 from culler.logs import event
 
 log = logging.getLogger("culler.proxy")

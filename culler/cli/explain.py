@@ -21,7 +21,7 @@ from culler.cli.flags import PROG, UsageError, add_service_flags, flags_policy, 
 from culler.core.decide import Decision
 from culler.core.explain import changes, changes_table, describe, explain_table
 from culler.core.snapshot import ServerSnapshot, SnapshotError
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.look import Look, decisions_for
 from culler.policy.model import load_policy
 from culler.settings import Settings

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from culler.core.snapshot import ServerSnapshot, UserSnapshot
-from culler.core.timeutil import isoformat
+from culler.core.text import isoformat
 from culler.policy.durations import format_duration
 from culler.policy.model import DEFAULT_RULE_ID, Match, Policy, Rule, Settle
 from culler.policy.options import any_glob

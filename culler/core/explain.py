@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from culler.core.decide import Action, Decision
-from culler.core.timeutil import isoformat
+from culler.core.text import isoformat
 from culler.core.views import state_of
 from culler.policy.durations import format_duration
 

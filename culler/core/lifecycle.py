@@ -18,7 +18,7 @@ from typing import Any
 
 from culler.core.decide import Decision
 from culler.core.events import Event, PhaseChanged, StopEnded
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 
 
 class Phase(StrEnum):

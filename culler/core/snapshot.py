@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from culler.core.clock import Reading
-from culler.core.timeutil import parse_time
+from culler.core.text import parse_time
 
 
 class SnapshotError(ValueError):

@@ -20,7 +20,7 @@ from culler.core.guard import apply_guard
 from culler.core.lifecycle import Ledger, Phase
 from culler.core.report import CycleReport
 from culler.core.snapshot import SnapshotError
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.engine.deletion import UserDeleter
 from culler.engine.look import Listing, Look, decisions_for
 from culler.engine.settler import Settler

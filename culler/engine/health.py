@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from culler.core.timeutil import isoformat
+from culler.core.text import isoformat
 
 
 @dataclass

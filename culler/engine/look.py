@@ -17,7 +17,7 @@ from culler.adapters.proxy import ProxyActivity
 from culler.core.clock import Reading
 from culler.core.decide import Decision, PluginFn, evaluate
 from culler.core.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of, with_route_activity
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.policy.model import Policy
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)  # "no activity known": older than any

@@ -21,7 +21,7 @@ from culler.core.decide import Action, Decision
 from culler.core.events import Event, SettleObserved
 from culler.core.lifecycle import Ledger, Phase, Record
 from culler.core.settle import Observation, SettleVerdict, judge, unknown
-from culler.core.timeutil import isoformat
+from culler.core.text import isoformat
 from culler.engine.stopper import ConfirmFn
 from culler.logs import event
 from culler.policy.durations import format_duration

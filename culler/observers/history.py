@@ -14,7 +14,7 @@ from pathlib import Path
 from culler.core.decide import Decision
 from culler.core.events import Event, StopEnded
 from culler.core.lifecycle import Phase
-from culler.core.timeutil import isoformat, utcnow
+from culler.core.text import isoformat, utcnow
 
 log = logging.getLogger("culler.history")
 

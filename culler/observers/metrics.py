@@ -27,13 +27,14 @@ from culler.core.lifecycle import OUTCOMES, Ledger, Phase
 from culler.core.listing import REASONS as LISTING_FAILURES
 from culler.core.report import CycleReport
 from culler.core.settle import DEFERRAL_REASONS, deferrals
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.core.views import ServerState, state_of
 
 PREFIX = "activity_culler"
 STOP_OUTCOMES = tuple(str(phase) for phase in Phase if phase in OUTCOMES)
 SERVER_STATES = tuple(str(state) for state in ServerState)  # exclusive: they sum to the listed servers
 ENDPOINTS = (
+    ("GET", "user"),  # whose token a caller holds (the page, the settling API, the metrics endpoint)
     ("GET", "users"),
     ("GET", "users/{name}"),
     ("DELETE", "users/{name}/server"),

@@ -41,7 +41,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -51,7 +51,7 @@ from culler.core.decide import Action, Decision
 from culler.core.events import CycleDecided, Event, NoticeSent, StopEnded
 from culler.core.lifecycle import Phase
 from culler.core.report import CycleReport
-from culler.core.timeutil import isoformat, utcnow
+from culler.core.text import in_words, isoformat, utc_minutes, utcnow
 from culler.logs import event
 
 log = logging.getLogger("culler.warnings")
@@ -73,23 +73,6 @@ class _Rejected(Exception):
 def server_url_path(user: str, server: str) -> str:
     path = f"/user/{quote(user, safe='')}/"
     return path + f"{quote(server, safe='')}/" if server else path
-
-
-def in_words(seconds: float) -> str:
-    """A rough, friendly span: ``3 days``, ``23 hours``, ``45 minutes``, ``less than a minute``."""
-    if seconds >= 2 * 86400:
-        count, unit = round(seconds / 86400), "day"
-    elif seconds >= 2 * 3600:
-        count, unit = round(seconds / 3600), "hour"
-    elif seconds >= 30:
-        count, unit = max(1, round(seconds / 60)), "minute"
-    else:
-        return "less than a minute"
-    return f"{count} {unit}{'s' if count != 1 else ''}"
-
-
-def _when(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class WarningSender:
@@ -157,7 +140,7 @@ class WarningSender:
                 continue
             self._warned[server.key] = period
             message = (
-                f"Your server {server.label} will be stopped on {_when(decision.stop_at)} "
+                f"Your server {server.label} will be stopped on {utc_minutes(decision.stop_at)} "
                 f"(in {in_words(left)}) unless you use it."
             )
             payload = self._payload(WARNING, decision, message, stop_at=decision.stop_at)
@@ -172,7 +155,7 @@ class WarningSender:
             return
         self._stopped[server.key] = period
         now = self.clock()
-        message = f"Your server {server.label} was stopped on {_when(now)}: {decision.reason}."
+        message = f"Your server {server.label} was stopped on {utc_minutes(now)}: {decision.reason}."
         self._spawn(STOPPED, server.key, period, self._payload(STOPPED, decision, message, stopped_at=now))
 
     # --- lifecycle ------------------------------------------------------------------------------

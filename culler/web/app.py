@@ -3,19 +3,16 @@ settling servers (``api/settling``, for holders of a hub token that may read eve
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 
 from culler.adapters.errors import HubError
-from culler.core.ttlmap import TTLMap
 
 HealthFn = Callable[[], tuple[bool, dict[str, object]]]
 SettlingFn = Callable[[], list[dict[str, object]]]
-ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes
+ScopesFn = Callable[[str], Awaitable[frozenset[str] | None]]  # a caller's token -> its hub scopes (cached: HubAuth)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -24,29 +21,10 @@ HEALTH_KEY: web.AppKey[HealthFn] = web.AppKey("health")
 METRICS_KEY: web.AppKey[Handler] = web.AppKey("metrics")
 SERVICE_KEY = web.AppKey("service", str)
 SETTLING_KEY: web.AppKey[SettlingFn] = web.AppKey("settling")
-TOKENS_KEY: web.AppKey[TokenCache[frozenset[str]]] = web.AppKey("tokens")
+SCOPES_KEY: web.AppKey[ScopesFn] = web.AppKey("scopes")
 
 # Whoever may read every server on the hub may see which are settling: nothing new is revealed.
 READ_ALL_SERVERS = frozenset({"read:servers", "admin:servers"})
-
-
-class TokenCache(Generic[T]):
-    """The hub's answer about each caller token (its scopes, or who owns it), kept ``ttl`` seconds and keyed by
-    the token's hash, so the cache never holds a token. ``None`` (the hub refused the token) is kept too."""
-
-    def __init__(self, ask_hub: Callable[[str], Awaitable[T | None]], ttl: float = 60.0, cap: int = 1000) -> None:
-        self.ask_hub = ask_hub
-        # the answer is boxed so that a refused token (None) is cached too
-        self._seen: TTLMap[str, tuple[T | None]] = TTLMap(ttl, cap, clock=lambda: time.monotonic())
-
-    async def get(self, token: str) -> T | None:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        cached = self._seen.get(key)
-        if cached is not None:
-            return cached[0]
-        answer = await self.ask_hub(token)
-        self._seen.put(key, (answer,))
-        return answer
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -74,7 +52,7 @@ async def _caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | 
     if token is None:
         return web.json_response({"error": f"send a hub API token: Authorization: {scheme} ..."}, status=401)
     try:
-        scopes = await request.app[TOKENS_KEY].get(token)
+        scopes = await request.app[SCOPES_KEY](token)
     except HubError as error:  # not cached: the next request asks the hub again
         return web.json_response({"error": f"the hub could not check the token: {error}"}, status=502)
     if scopes is None:
@@ -152,7 +130,7 @@ def make_app(
         app.router.add_get(prefix, index)
     if settling_fn is not None and scopes_fn is not None:
         app[SETTLING_KEY] = settling_fn
-        app[TOKENS_KEY] = TokenCache(scopes_fn)
+        app[SCOPES_KEY] = scopes_fn
         app.router.add_get(prefix + "api/settling", settling)
         if metrics_handler is not None:
             app[METRICS_KEY] = metrics_handler

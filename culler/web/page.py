@@ -18,10 +18,11 @@ import aiohttp
 from aiohttp import web
 
 from culler.adapters.errors import HubError, HubProtocolError
-from culler.adapters.hub import HubClient
+from culler.adapters.hub_auth import HubAuth
+from culler.core.text import humanize
 from culler.core.ttlmap import TTLMap
-from culler.web.app import READ_ALL_SERVERS, TokenCache, bearer_token, normalized_prefix
-from culler.web.rows import History, admin_view, for_user, humanize, server_name
+from culler.web.app import READ_ALL_SERVERS, bearer_token, normalized_prefix
+from culler.web.rows import History, admin_view, for_user, server_name
 
 log = logging.getLogger("culler.activity_web")
 
@@ -51,11 +52,11 @@ def sees_all(identity: Mapping[str, Any]) -> bool:
     return bool(identity.get("admin")) or bool(frozenset(identity.get("scopes") or ()) & READ_ALL_SERVERS)
 
 
-def hub_identify(hub: HubClient) -> IdentifyFn:
+def hub_identify(auth: HubAuth) -> IdentifyFn:
     """``identify`` through the hub's ``GET /user`` with the caller's token (``None``: token refused)."""
 
     async def identify(token: str) -> Identity | None:
-        model = await hub.token_owner(token)
+        model = await auth.owner(token)
         return None if model is None else identity_from(model)
 
     return identify
@@ -79,7 +80,7 @@ class ActivityWeb:
         self.prefix = prefix
         self.rows_fn = rows_fn
         self.history = history
-        self.identify = TokenCache(identify).get
+        self.identify = identify  # cached where it asks the hub (culler.adapters.hub_auth)
         self.oauth = oauth
         ttl = oauth.session_ttl if oauth is not None else OAuthConfig.session_ttl
         self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS)

@@ -8,11 +8,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from culler.core.decide import Decision
-from culler.core.timeutil import isoformat, utcnow
+from culler.core.text import humanize, isoformat, utcnow
 from culler.core.views import ServerState, state_of
 from culler.policy.durations import format_duration
-
-_UNITS = (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 
 
 class History(Protocol):
@@ -23,19 +21,6 @@ class History(Protocol):
     def for_user(self, name: str) -> list[dict[str, str | None]]: ...
 
     def all(self) -> list[dict[str, str | None]]: ...
-
-
-def humanize(seconds: float) -> str:
-    """``3 days 4 hours``: the two largest units, in words."""
-    remaining = int(max(0, seconds))
-    if remaining == 0:
-        return "less than a second"
-    parts = []
-    for unit, size in _UNITS:
-        count, remaining = divmod(remaining, size)
-        if count:
-            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
-    return " ".join(parts[:2])
 
 
 def server_name(name: str) -> str:

@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 
 from culler.adapters.hub import HubClient
+from culler.adapters.hub_auth import HubAuth
 from culler.core.decide import Action, Decision
 from culler.core.snapshot import ServerSnapshot
-from culler.core.timeutil import utcnow
+from culler.core.text import utcnow
 from culler.observers.history import StopHistory
 from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
 from culler.web.rows import rows
@@ -58,7 +59,7 @@ c.Authenticator.admin_users = {{"root"}}
             redirect_uri=PREFIX + "oauth_callback",
             token_url=hub.api_url + "/oauth2/token",
         )
-        add_activity_routes(app, PREFIX, lambda: rows(decisions), history, hub_identify(client), oauth)
+        add_activity_routes(app, PREFIX, lambda: rows(decisions), history, hub_identify(HubAuth(client)), oauth)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from realhub_support import SERVICE, CullerHub, start_culler_hub_with
 
-from culler.core.timeutil import parse_time
+from culler.core.text import parse_time
 from devtools.devhub import LocalHub
 
 pytestmark = pytest.mark.realhub
