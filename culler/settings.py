@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,7 +55,75 @@ def _env(name: str, *extra: str) -> AliasChoices:
     return AliasChoices(f"CULLER_{name.upper()}", *extra)
 
 
+@dataclass(frozen=True)
+class HubView:
+    """How to reach the hub API."""
+
+    url: str
+    token: str = field(repr=False)  # never in a repr, a log line or an error
+    concurrency: int = 10
+    request_timeout: float = 60.0
+    page_size: int = 0
+    max_rate: float = 100.0
+    internal_certs: Path | None = None  # None: the hub does not use internal SSL
+
+
+@dataclass(frozen=True)
+class ClockView:
+    """How far a source's clock may be from ours."""
+
+    warn_at: float
+    max_skew: float
+
+
+@dataclass(frozen=True)
+class ProxyView:
+    """Where browser activity comes from with ``--activity-source=proxy`` (None: the hub's last_activity)."""
+
+    url: str
+    token: str = field(repr=False)
+    request_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class ProbesView:
+    slug_scheme: SlugScheme
+    tree_scan_path: str | None
+    tree_scan_budget: float
+    tree_scan_hot_files: int
+    prometheus_url: str | None
+    prometheus_query: str | None
+    prometheus_threshold: float
+
+
+@dataclass(frozen=True)
+class CycleView:
+    dry_run: bool
+    max_stops: int
+    max_stop_fraction: float
+    follow_up_timeout: float
+    probe_timeout: float
+    interval: float
+    listing_deadline: float
+    recheck_fraction: float
+
+
+@dataclass(frozen=True)
+class NoticesView:
+    """The stop-warning webhook (None in dry runs: users are not warned of stops that will not come)."""
+
+    url: str = field(repr=False)  # a webhook URL's path can be its token
+    warn_before: float = 86400.0
+    secret_header: tuple[str, str] | None = field(default=None, repr=False)
+    retries: int = 3
+    timeout: float = 10.0
+    page_url: str | None = None
+
+
 class Settings(BaseSettings):
+    """Flat ``CULLER_*`` fields (as flags and environment variables name them), with grouped read-only views
+    (``hub``, ``clocks``, ``proxy``, ``probes``, ``cycle``, ``notices``) that the wiring passes on."""
+
     model_config = SettingsConfigDict(env_prefix="CULLER_", extra="forbid", populate_by_name=True)
 
     url: str = Field(
@@ -164,6 +233,68 @@ class Settings(BaseSettings):
     @property
     def interval(self) -> float:
         return self.cull_every or DEFAULT_INTERVAL
+
+    @property
+    def hub(self) -> HubView:
+        return HubView(
+            self.url,
+            self.api_token.get_secret_value() if self.api_token else "",
+            self.concurrency,
+            self.request_timeout,
+            self.api_page_size,
+            self.max_request_rate,
+            self.internal_certs_location if self.ssl_enabled else None,
+        )
+
+    @property
+    def clocks(self) -> ClockView:
+        return ClockView(self.clock_skew_warning, self.max_clock_skew)
+
+    @property
+    def proxy(self) -> ProxyView | None:
+        if self.activity_source != "proxy":
+            return None
+        token = self.proxy_api_token.get_secret_value() if self.proxy_api_token else ""
+        return ProxyView(self.proxy_api_url, token, self.request_timeout)
+
+    @property
+    def probes(self) -> ProbesView:
+        return ProbesView(
+            self.slug_scheme,
+            self.tree_scan_path,
+            self.tree_scan_budget,
+            self.tree_scan_hot_files,
+            self.prometheus_url,
+            self.prometheus_query,
+            self.prometheus_threshold,
+        )
+
+    @property
+    def cycle(self) -> CycleView:
+        return CycleView(
+            self.dry_run,
+            self.max_stops_per_cycle,
+            self.max_stop_fraction,
+            self.follow_up_timeout,
+            self.probe_timeout,
+            self.interval,
+            self.listing_deadline,
+            self.recheck_fraction,
+        )
+
+    @property
+    def notices(self) -> NoticesView | None:
+        if self.warn_url is None or self.dry_run:
+            return None
+        secret = self.warn_secret.get_secret_value() if self.warn_secret else None
+        return NoticesView(
+            self.warn_url.get_secret_value(),
+            self.warn_before,
+            (self.warn_secret_header, secret) if secret else None,
+            self.warn_retries,
+            self.warn_timeout,
+            self.activity_page_url,
+        )
 
     def configured_probes(self) -> list[str]:
         """The settle probes these settings set up, by the names policies use (sorted)."""

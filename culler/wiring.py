@@ -9,7 +9,7 @@ import signal
 import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -38,7 +38,7 @@ from culler.observers.history import StopHistory
 from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import Metrics
 from culler.observers.notices import WarningSender
-from culler.settings import Settings
+from culler.settings import ClockView, Settings
 from culler.web.app import make_app, make_metrics_app, make_unready_app
 from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
 from culler.web.rows import rows
@@ -48,82 +48,69 @@ log = logging.getLogger("culler.app")
 
 def hub_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The hub's internal-SSL client context, when the hub uses internal SSL."""
-    return internal_ssl_context(settings.internal_certs_location) if settings.ssl_enabled else None
+    certs = settings.hub.internal_certs
+    return internal_ssl_context(certs) if certs is not None else None
 
 
 def make_hub(settings: Settings, observer: RequestObserver | None = None) -> HubClient:
-    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    hub = settings.hub
     return HubClient(
-        settings.url,
-        token,
-        concurrency=settings.concurrency,
-        request_timeout=settings.request_timeout,
-        page_size=settings.api_page_size,
-        max_rate=settings.max_request_rate,
+        hub.url,
+        hub.token,
+        concurrency=hub.concurrency,
+        request_timeout=hub.request_timeout,
+        page_size=hub.page_size,
+        max_rate=hub.max_rate,
         ssl_context=hub_ssl_context(settings),
         observer=observer,
-        clock=clock_watch("hub", settings),
+        clock=clock_watch("hub", settings.clocks),
     )
 
 
-def clock_watch(source: str, settings: Settings) -> ClockWatch:
-    return ClockWatch(source, warn_at=settings.clock_skew_warning, max_skew=settings.max_clock_skew)
+def clock_watch(source: str, clocks: ClockView) -> ClockWatch:
+    return ClockWatch(source, warn_at=clocks.warn_at, max_skew=clocks.max_skew)
 
 
 def build_probes(settings: Settings) -> dict[str, Probe]:
     """The settle probes the settings configure, by the names policies use."""
+    view = settings.probes
     probes: dict[str, Probe] = {}
-    if settings.tree_scan_path:
-        probes["tree-scan"] = TreeScanProbe(
-            Template(settings.tree_scan_path, settings.slug_scheme),
-            budget=settings.tree_scan_budget,
-            hot_size=settings.tree_scan_hot_files,
-        )
-    if settings.prometheus_url and settings.prometheus_query:
-        probes["prometheus"] = PrometheusProbe(
-            settings.prometheus_url,
-            Template(settings.prometheus_query, settings.slug_scheme),
-            settings.prometheus_threshold,
-        )
+    if view.tree_scan_path:
+        template = Template(view.tree_scan_path, view.slug_scheme)
+        probes["tree-scan"] = TreeScanProbe(template, budget=view.tree_scan_budget, hot_size=view.tree_scan_hot_files)
+    if view.prometheus_url and view.prometheus_query:
+        query = Template(view.prometheus_query, view.slug_scheme)
+        probes["prometheus"] = PrometheusProbe(view.prometheus_url, query, view.prometheus_threshold)
     return probes
 
 
 def make_activity(settings: Settings) -> ProxyActivity | None:
-    if settings.activity_source != "proxy":
+    proxy = settings.proxy
+    if proxy is None:
         return None
     # Without a token every cycle fails with a clear error (and stops nothing): exiting instead would
     # take the hub down with its managed service.
-    token = settings.proxy_api_token.get_secret_value() if settings.proxy_api_token else ""
-    return ProxyActivity(settings.proxy_api_url, token, settings.request_timeout, clock_watch("proxy", settings))
+    return ProxyActivity(proxy.url, proxy.token, proxy.request_timeout, clock_watch("proxy", settings.clocks))
 
 
 def make_warnings(settings: Settings, publish: Callable[[Event], None] | None = None) -> WarningSender | None:
-    """The stop-warning webhook; none in dry runs (users are not warned of stops that will not come)."""
-    if settings.warn_url is None or settings.dry_run:
+    """The stop-warning webhook, if one is set (never in dry runs)."""
+    view = settings.notices
+    if view is None:
         return None
-    secret = settings.warn_secret.get_secret_value() if settings.warn_secret else None
     return WarningSender(
-        settings.warn_url.get_secret_value(),
-        settings.warn_before,
-        (settings.warn_secret_header, secret) if secret else None,
-        retries=settings.warn_retries,
-        timeout=settings.warn_timeout,
-        service_url=settings.activity_page_url,
+        view.url,
+        view.warn_before,
+        view.secret_header,
+        retries=view.retries,
+        timeout=view.timeout,
+        service_url=view.page_url,
         publish=publish,
     )
 
 
 def cycle_options(settings: Settings) -> CycleOptions:
-    return CycleOptions(
-        dry_run=settings.dry_run,
-        max_stops=settings.max_stops_per_cycle,
-        max_stop_fraction=settings.max_stop_fraction,
-        follow_up_timeout=settings.follow_up_timeout,
-        probe_timeout=settings.probe_timeout,
-        interval=settings.interval,
-        listing_deadline=settings.listing_deadline,
-        recheck_fraction=settings.recheck_fraction,
-    )
+    return CycleOptions(**asdict(settings.cycle))
 
 
 async def bind(runner: web.AppRunner, url: str, prefix: str) -> None:

@@ -441,3 +441,33 @@ def test_login_page_follows_the_hub_base_url(monkeypatch):
     assert Settings().authorize_url == "/jhub/hub/api/oauth2/authorize"
     monkeypatch.setenv("CULLER_OAUTH_AUTHORIZE_URL", "https://hub.example.org/hub/api/oauth2/authorize")
     assert Settings().authorize_url == "https://hub.example.org/hub/api/oauth2/authorize"
+
+
+def test_the_grouped_views_carry_the_flat_settings_and_never_show_a_secret() -> None:
+    from culler.settings import Settings
+
+    settings = Settings(
+        api_token="hub-secret-token-1",
+        warn_url="https://hooks.example.org/T0/secret-path",
+        warn_secret="Bearer webhook-secret-2",
+        activity_source="proxy",
+        proxy_api_token="proxy-secret-3",
+        concurrency=3,
+        max_stops_per_cycle=7,
+        tree_scan_path="/mnt/homes/{username}",
+    )
+    assert (settings.hub.token, settings.hub.concurrency, settings.hub.internal_certs) == (
+        "hub-secret-token-1",
+        3,
+        None,
+    )
+    assert settings.cycle.max_stops == 7 and settings.probes.tree_scan_path == "/mnt/homes/{username}"
+    assert settings.proxy is not None and settings.proxy.token == "proxy-secret-3"
+    assert settings.notices is not None and settings.notices.secret_header == (
+        "Authorization",
+        "Bearer webhook-secret-2",
+    )
+    shown = repr((settings.hub, settings.proxy, settings.notices, settings.cycle, settings.probes, settings.clocks))
+    for secret in ("hub-secret-token-1", "secret-path", "webhook-secret-2", "proxy-secret-3"):
+        assert secret not in shown
+    assert Settings(api_token="t", dry_run=True, warn_url="https://x/").notices is None  # no warnings in dry runs
