@@ -27,7 +27,7 @@ from culler.observers.notices import WarningSender, server_url_path
 NOW = datetime(2026, 11, 26, 11, 0, tzinfo=timezone.utc)
 DAY = 86400.0
 SECRET = "Bearer s3cret-webhook-token-xyz"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

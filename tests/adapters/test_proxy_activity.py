@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from aiohttp import web
-from fakehub import API, FakeHub, format_http_date, free_port, iso
+from factories import CullerFactory
+from fakehub import FakeHub, format_http_date, free_port, iso
 
 from culler.adapters.errors import ProxyActivityError
-from culler.adapters.hub import HubClient
 from culler.adapters.proxy import ProxyActivity, parse_routes
 from culler.core.decide import Action, evaluate
 from culler.core.lifecycle import Phase
 from culler.core.snapshot import Routes, ServerSnapshot, with_route_activity
-from culler.engine.cycle import Culler, CycleOptions
+from culler.engine.cycle import Culler
 from culler.policy.model import Policy
 
 NOW = datetime(2026, 11, 26, 4, 0, tzinfo=timezone.utc)
@@ -175,12 +175,7 @@ class FakeProxy:
         return app
 
 
-CullerFactory = Callable[..., Culler]
-
-
-@pytest.fixture
-def fake() -> FakeHub:
-    return FakeHub(date=lambda: NOW)
+pytestmark = pytest.mark.fake_hub(date=lambda: NOW)
 
 
 @pytest.fixture
@@ -191,28 +186,16 @@ async def proxy_url(aiohttp_server: Any) -> AsyncIterator[tuple[FakeProxy, str]]
 
 
 @pytest.fixture
-async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[CullerFactory]:
-    hub = await aiohttp_server(fake.make_app())
-    cullers: list[Culler] = []
-
+def make_culler(culler_factory: CullerFactory) -> CullerFactory:
     def factory(proxy_api: str, token: str = PROXY_TOKEN) -> Culler:
-        client = HubClient(
-            str(hub.make_url(API)), fake.token, retries=0, backoff=0.01, request_timeout=2.0, now=lambda: NOW
+        activity = ProxyActivity(proxy_api, token, timeout=2.0, now=lambda: NOW)
+        return culler_factory(
+            client={"retries": 0, "request_timeout": 2.0, "now": lambda: NOW},
+            culler={"clock": lambda: NOW, "activity": activity},
+            follow_up_timeout=2.0,
         )
-        culler = Culler(
-            client,
-            CycleOptions(max_stop_fraction=1.0, follow_up_interval=0.05, follow_up_timeout=2.0),
-            clock=lambda: NOW,
-            activity=ProxyActivity(proxy_api, token, timeout=2.0, now=lambda: NOW),
-        )
-        cullers.append(culler)
-        return culler
 
-    yield factory
-    for culler in cullers:
-        await culler.hub.close()
-        if culler.activity is not None:
-            await culler.activity.close()
+    return factory
 
 
 async def test_a_cycle_uses_the_proxys_route_times(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from factories import ClientFactory
 from fakehub import API, PAGINATION_MEDIA_TYPE, TOKEN, FakeHub
 from process_support import wait_for
 
@@ -14,31 +14,6 @@ from culler.adapters.errors import HubAPIError, HubInterrupted, HubProtocolError
 from culler.adapters.hub import DEFAULT_PAGE_LIMIT, HubClient, StopOutcome
 
 USERS = API + "/users"
-
-ClientFactory = Callable[..., HubClient]
-
-
-@pytest.fixture
-def fake() -> FakeHub:
-    return FakeHub()
-
-
-@pytest.fixture
-async def make_client(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[ClientFactory]:
-    server = await aiohttp_server(fake.make_app())
-    clients: list[HubClient] = []
-
-    def factory(**kwargs: Any) -> HubClient:
-        options: dict[str, Any] = {"retries": 2, "backoff": 0.01, "max_backoff": 0.05, "request_timeout": 5.0}
-        options.update(kwargs)
-        token = options.pop("token", fake.token)
-        client = HubClient(str(server.make_url(API)), token, **options)
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
 
 
 def add_users(fake: FakeHub, count: int) -> list[str]:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from factories import CullerFactory
 from fakehub import API, FakeHub, iso
 from process_support import wait_for
 
-from culler.adapters.hub import HubClient
 from culler.core.events import Event, StopEnded
 from culler.core.lifecycle import Phase
-from culler.engine.cycle import Culler, CycleOptions
+from culler.engine.cycle import Culler
 from culler.policy.model import Policy
 
 
@@ -36,8 +36,6 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 USERS = API + "/users"
 POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})
 
-CullerFactory = Callable[..., Culler]
-
 
 def ago(**delta: float) -> datetime:
     return NOW - timedelta(**delta)
@@ -47,35 +45,16 @@ def not_first_page(request: Any) -> bool:
     return int(request.query.get("offset", 0)) > 0
 
 
-@pytest.fixture
-def fake() -> FakeHub:
-    return FakeHub(date=lambda: NOW)  # the hub's clock agrees with the culler's frozen one
+pytestmark = pytest.mark.fake_hub(date=lambda: NOW)  # the hub's clock agrees with the culler's frozen one
 
 
 @pytest.fixture
-async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[CullerFactory]:
-    server = await aiohttp_server(fake.make_app())
-    clients: list[HubClient] = []
-
+def make_culler(culler_factory: CullerFactory) -> CullerFactory:
     def factory(*, concurrency: int = 10, page_size: int = 0, request_timeout: float = 5.0, **options: Any) -> Culler:
-        client = HubClient(
-            str(server.make_url(API)),
-            fake.token,
-            concurrency=concurrency,
-            page_size=page_size,
-            request_timeout=request_timeout,
-            retries=2,
-            backoff=0.01,
-            max_backoff=0.02,
-            now=lambda: NOW,
-        )
-        clients.append(client)
-        defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
-        return Culler(client, CycleOptions(**{**defaults, **options}), clock=lambda: NOW)
+        client = {"concurrency": concurrency, "page_size": page_size, "request_timeout": request_timeout}
+        return culler_factory(client={**client, "now": lambda: NOW}, culler={"clock": lambda: NOW}, **options)
 
-    yield factory
-    for client in clients:
-        await client.close()
+    return factory
 
 
 def idle_users(fake: FakeHub, count: int, *, hours: float = 2, prefix: str = "idle") -> list[str]:
@@ -429,23 +408,15 @@ SETTLE_POLICY = Policy.model_validate(
 
 
 @pytest.fixture
-async def make_settling_culler(fake: FakeHub, aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[CullerFactory]:
+def make_settling_culler(culler_factory: CullerFactory, tmp_path: Any) -> CullerFactory:
     from culler.adapters.probes.treescan import TreeScanProbe
 
-    server = await aiohttp_server(fake.make_app())
-    cullers: list[Culler] = []
-
     def factory(**options: Any) -> Culler:
-        client = HubClient(str(server.make_url(API)), fake.token, retries=0, request_timeout=5.0, now=lambda: NOW)
         probe = TreeScanProbe(str(tmp_path / "{username}"), budget=1.0)
-        defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "follow_up_timeout": 5.0}
-        culler = Culler(client, CycleOptions(**{**defaults, **options}), clock=lambda: NOW, probes={"tree-scan": probe})
-        cullers.append(culler)
-        return culler
+        culler = {"clock": lambda: NOW, "probes": {"tree-scan": probe}}
+        return culler_factory(client={"retries": 0, "now": lambda: NOW}, culler=culler, **options)
 
-    yield factory
-    for culler in cullers:
-        await culler.hub.close()
+    return factory
 
 
 def home(tmp_path: Any, user: str) -> Any:

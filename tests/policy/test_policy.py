@@ -19,7 +19,7 @@ from culler.policy.model import (
 )
 from culler.policy.options import OptionMatch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 DAY = 86400
 

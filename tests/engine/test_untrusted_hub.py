@@ -10,24 +10,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from factories import CullerFactory
 from fakehub import API, FakeHub, format_http_date, iso
 
 from culler.adapters.hub import HubClient
 from culler.core.clock import ClockWatch
 from culler.core.lifecycle import Phase
 from culler.core.text import utcnow
-from culler.engine.cycle import Culler, CycleOptions
+from culler.engine.cycle import Culler
 from culler.observers.metrics import Metrics
 from culler.policy.model import Policy
 
 USERS = API + "/users"
 HOUR_POLICY = Policy.model_validate({"version": 1, "defaults": {"idle": "1h"}})
-CullerFactory = Callable[..., Culler]
 
 
 def policy(idle: str) -> Policy:
@@ -35,25 +34,11 @@ def policy(idle: str) -> Policy:
 
 
 @pytest.fixture
-def fake() -> FakeHub:
-    return FakeHub()
-
-
-@pytest.fixture
-async def make_culler(fake: FakeHub, aiohttp_server: Any) -> AsyncIterator[CullerFactory]:
-    server = await aiohttp_server(fake.make_app())
-    clients: list[HubClient] = []
-
+def make_culler(culler_factory: CullerFactory) -> CullerFactory:
     def factory(*, client: dict[str, Any] | None = None, **options: Any) -> Culler:
-        settings: dict[str, Any] = {"retries": 2, "backoff": 0.01, "max_backoff": 0.02, "request_timeout": 5.0}
-        hub = HubClient(str(server.make_url(API)), fake.token, **{**settings, **(client or {})})
-        clients.append(hub)
-        defaults: dict[str, Any] = {"max_stop_fraction": 1.0, "follow_up_interval": 0.05, "interval": 60.0}
-        return Culler(hub, CycleOptions(**{**defaults, **options}))
+        return culler_factory(client=client, **{"interval": 60.0, **options})
 
-    yield factory
-    for hub in clients:
-        await hub.close()
+    return factory
 
 
 def users(fake: FakeHub, count: int, *, idle: timedelta, prefix: str, hub_now: datetime | None = None) -> list[str]:

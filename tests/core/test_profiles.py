@@ -38,7 +38,7 @@ from culler.policy.options import UNLISTED_SUFFIX
 kubespawner = pytest.importorskip("kubespawner")
 slugify = pytest.importorskip("slugify").slugify
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "deploy" / "z2jh" / "gpu-lab-profiles.yaml"
 POLICY = ROOT / "policies" / "examples" / "gpu-lab.yaml"
 TYPED = "NVIDIA-L40S"  # what a user types under "Other..." (the example's validation regex allows it)
