@@ -7,7 +7,6 @@ from datetime import datetime
 from culler.core.decide import Decision
 from culler.core.events import CycleDecided, Event, StopEnded
 from culler.core.lifecycle import Phase
-from culler.core.report import CycleReport
 
 
 class LatestDecisions:
@@ -19,16 +18,8 @@ class LatestDecisions:
 
     def observe(self, event: Event) -> None:
         match event:
-            case CycleDecided(report=report):
-                self.cycle_done(report)
-            case StopEnded(decision=decision, result=result):
-                self.server_stopped(decision, result)
-
-    def cycle_done(self, report: CycleReport) -> None:
-        if report.decisions or report.error is None:
-            self.decisions = list(report.decisions)
-            self.at = report.started
-
-    def server_stopped(self, decision: Decision, result: Phase) -> None:
-        if result in (Phase.STOPPED, Phase.GONE):
-            self.decisions = [d for d in self.decisions if d.server.key != decision.server.key]
+            case CycleDecided(report=report) if report.decisions or report.error is None:
+                self.decisions = list(report.decisions)  # a failed listing keeps what was known
+                self.at = report.started
+            case StopEnded(decision=decision, result=Phase.STOPPED | Phase.GONE):
+                self.decisions = [d for d in self.decisions if d.server.key != decision.server.key]
