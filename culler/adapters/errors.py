@@ -47,3 +47,7 @@ class HubAPIError(HubError):
 
 class ProxyActivityError(SourceError):
     """The proxy's API could not be read: the cycle stops nothing."""
+
+
+class OAuthExchangeError(HubError):
+    """The hub's OAuth token endpoint could not be reached or answered something unusable."""

@@ -38,15 +38,13 @@ Times are ISO 8601 UTC with a ``Z``. A ``stopped`` message reads "Your server al
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import aiohttp
-
+from culler.adapters.webhook import Webhook, WebhookRejected, WebhookRetryable
 from culler.core.decide import Action, Decision
 from culler.core.events import CycleDecided, Event, NoticeSent, StopEnded
 from culler.core.lifecycle import Phase
@@ -58,16 +56,6 @@ log = logging.getLogger("culler.warnings")
 
 WARNING = "warning"
 STOPPED = "stopped"
-
-_RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
-
-
-class _Retryable(Exception):
-    """An attempt that may succeed if tried again."""
-
-
-class _Rejected(Exception):
-    """An answer that trying again will not change."""
 
 
 def server_url_path(user: str, server: str) -> str:
@@ -93,9 +81,8 @@ class WarningSender:
         concurrency: int = 10,
         publish: Callable[[Event], None] | None = None,
     ) -> None:
-        self.url = url
+        self.webhook = Webhook(url, secret_header, timeout)
         self.warn_before = warn_before
-        self._secret_header = secret_header  # sent, never logged
         self.retries = max(0, retries)
         self.timeout = timeout
         self.clock = clock
@@ -103,10 +90,7 @@ class WarningSender:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._publish = publish or (lambda event: None)  # each delivery's outcome, for metrics
-        parts = urlsplit(url)
-        self._target = f"{parts.scheme}://{parts.hostname or ''}"  # what logs show of the URL
         self._limit = asyncio.Semaphore(max(1, concurrency))
-        self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned: dict[str, datetime | None] = {}  # server key -> activity time of the warned period
         self._stopped: dict[str, datetime | None] = {}  # same, for stop notices
@@ -174,13 +158,11 @@ class WarningSender:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
         if late:
-            event(log, logging.WARNING, "webhook sends abandoned", count=len(late), target=self._target)
+            event(log, logging.WARNING, "webhook sends abandoned", count=len(late), target=self.webhook.target)
         return not late
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.webhook.close()
 
     # --- sending --------------------------------------------------------------------------------
 
@@ -232,11 +214,11 @@ class WarningSender:
                         await asyncio.sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
                     attempts = attempt + 1
                     try:
-                        await self._post(payload)
-                    except _Retryable as failure:
+                        await self.webhook.post(payload)
+                    except WebhookRetryable as failure:
                         error, retryable = str(failure), True
                         continue
-                    except _Rejected as failure:
+                    except WebhookRejected as failure:
                         error, retryable = str(failure), False
                         break
                     self._publish(NoticeSent(kind, ok=True))
@@ -247,7 +229,7 @@ class WarningSender:
             event(log, logging.WARNING, "webhook send cancelled", kind=kind, server=key, attempts=attempts)
             raise
         except Exception as surprise:  # a bug here must not surface as an unretrieved task exception
-            error, retryable = f"{type(surprise).__name__}: {self._scrub(str(surprise))}", False
+            error, retryable = f"{type(surprise).__name__}: {self.webhook.scrub(str(surprise))}", False
         self._publish(NoticeSent(kind, ok=False))
         if kind == WARNING and retryable and self._warned.get(key, object()) == period:
             del self._warned[key]  # the receiver was down: try again next cycle if still in the window
@@ -257,40 +239,8 @@ class WarningSender:
             "webhook failed",
             kind=kind,
             server=key,
-            target=self._target,
+            target=self.webhook.target,
             attempts=attempts,
             error=error,
             retry_next_cycle=(kind == WARNING and retryable) or None,
         )
-
-    async def _post(self, payload: dict[str, Any]) -> None:
-        headers = {"Content-Type": "application/json"}
-        if self._secret_header is not None:
-            headers[self._secret_header[0]] = self._secret_header[1]
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        try:
-            async with self._session.post(
-                self.url,
-                data=json.dumps(payload),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-        except TimeoutError as error:
-            raise _Retryable(f"timed out after {self.timeout:g}s") from error
-        except aiohttp.ClientError as error:
-            raise _Retryable(f"{type(error).__name__}: {self._scrub(str(error))}") from error
-        if 200 <= status < 300:
-            return
-        if status in _RETRY_STATUSES:
-            raise _Retryable(f"HTTP {status}")
-        raise _Rejected(f"HTTP {status}")
-
-    def _scrub(self, text: str) -> str:
-        """Error texts may quote the URL, whose path or query can be a token (Slack, Teams webhooks)."""
-        text = text.replace(self.url, self._target)
-        if self._secret_header is not None and self._secret_header[1]:
-            text = text.replace(self._secret_header[1], "[secret]")
-        return text

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 from aiohttp import web
 
-from culler.adapters.errors import HubError, HubProtocolError
-from culler.adapters.hub_auth import HubAuth
+from culler.adapters.errors import HubError, HubProtocolError, OAuthExchangeError
+from culler.adapters.hub_auth import HubAuth, OAuthCodes
 from culler.core.text import humanize
 from culler.core.ttlmap import TTLMap
 from culler.web.app import READ_ALL_SERVERS, bearer_token, normalized_prefix
@@ -85,7 +84,11 @@ class ActivityWeb:
         ttl = oauth.session_ttl if oauth is not None else OAuthConfig.session_ttl
         self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS)
         self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS)
-        self._http: aiohttp.ClientSession | None = None
+        self._codes = (
+            OAuthCodes(oauth.token_url, oauth.client_id, oauth.client_secret, oauth.redirect_uri, oauth.ssl_context)
+            if oauth is not None
+            else None
+        )
 
     # --- the API -----------------------------------------------------------------------------------
     async def api_servers(self, request: web.Request) -> web.Response:
@@ -160,9 +163,10 @@ class ActivityWeb:
         code = request.query.get("code")
         if not code:
             return web.Response(status=400, text="no OAuth code\n")
+        assert self._codes is not None
         try:
-            token = await self._exchange(code)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            token = await self._codes.exchange(code)
+        except OAuthExchangeError as error:
             log.warning("OAuth token exchange failed: %s", error)
             return web.Response(status=502, text="the hub did not complete the login\n")
         if token is None:
@@ -180,30 +184,6 @@ class ActivityWeb:
         response.del_cookie(STATE_COOKIE, path=self.prefix)
         return response
 
-    async def _exchange(self, code: str) -> str | None:
-        """The access token for an authorization code (``None``: the hub refused the code)."""
-        assert self.oauth is not None
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        data = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": self.oauth.redirect_uri,
-            "client_id": self.oauth.client_id,
-            "client_secret": self.oauth.client_secret,
-        }
-        ssl_arg: ssl.SSLContext | bool = self.oauth.ssl_context if self.oauth.ssl_context is not None else True
-        async with self._http.post(self.oauth.token_url, data=data, ssl=ssl_arg) as response:
-            if response.status in (400, 401, 403):
-                return None
-            if response.status != 200:
-                raise ValueError(f"the hub's token endpoint answered {response.status}")
-            body = await response.json(content_type=None)
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise ValueError("no access_token in the hub's answer")
-        return token
-
     async def logout(self, request: web.Request) -> web.StreamResponse:
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
@@ -213,8 +193,8 @@ class ActivityWeb:
         return response
 
     async def close(self, app: web.Application | None = None) -> None:
-        if self._http is not None:
-            await self._http.close()
+        if self._codes is not None:
+            await self._codes.close()
 
 
 ACTIVITY_KEY = web.AppKey("activity", ActivityWeb)
