@@ -48,7 +48,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, per_server: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
         self.per_server = per_server
-        r = self.registry
+        self._cycle_metrics(self.registry)
+        self._stop_metrics(self.registry)
+        self._hub_metrics(self.registry)
+        self._settle_and_notice_metrics(self.registry)
+        self._precreate()
+
+    def _cycle_metrics(self, r: CollectorRegistry) -> None:
         self.listing_failures = Counter(
             f"{PREFIX}_listing_failures",
             "Listings that failed (no stops that cycle), by the bound broken or 'error'",
@@ -71,6 +77,8 @@ class Metrics:
         self.servers = Gauge(
             f"{PREFIX}_servers", "Servers seen by the last cycle, by state (each in exactly one)", ["state"], registry=r
         )
+
+    def _stop_metrics(self, r: CollectorRegistry) -> None:
         self.stops = Counter(f"{PREFIX}_stops", "Stops by outcome and policy rule", ["outcome", "rule"], registry=r)
         self.unverified = Counter(
             f"{PREFIX}_settle_unverified_stops", "Stops made at the settle cap without quiet", registry=r
@@ -80,6 +88,8 @@ class Metrics:
         )
         self.held = Gauge(f"{PREFIX}_mass_stop_guard_held_servers", "Servers held by the guard last cycle", registry=r)
         self.users_deleted = Counter(f"{PREFIX}_users_deleted", "Users deleted from the hub", registry=r)
+
+    def _hub_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             f"{PREFIX}_hub_requests",
             "Hub API requests by method, endpoint and status",
@@ -95,6 +105,8 @@ class Metrics:
             ["user", "server"],
             registry=r,
         )
+
+    def _settle_and_notice_metrics(self, r: CollectorRegistry) -> None:
         self.reloads = Counter(f"{PREFIX}_policy_reloads", "Policy file reads by result", ["result"], registry=r)
         self.deferrals = Counter(
             f"{PREFIX}_settle_deferrals",
@@ -106,7 +118,6 @@ class Metrics:
         self.notices = Counter(
             f"{PREFIX}_warnings", "Webhook notices by kind and result", ["kind", "result"], registry=r
         )
-        self._precreate()
 
     def _precreate(self) -> None:
         for result in ("loaded", "rejected"):
