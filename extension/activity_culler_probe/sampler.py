@@ -1,0 +1,133 @@
+"""Whether anything writes under the roots, sampled only while someone asks (no jupyter-server imports here).
+
+A sample is a fingerprint of every file under the roots: how many, their total size, and the sum and the
+latest of their modification times. An append, a rewrite, a new or a removed file changes it; a write
+outside the roots (``/tmp``, a pipe, a socket) cannot. Two samples that differ mean "written between
+them"; quiet is counted from the last sample that saw a change (or from the first sample), so it never
+claims more quiet than was seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    files: int
+    size: int
+    mtime_sum: int
+    mtime_max: int
+
+
+class TooBig(Exception):
+    """The walk ran past its time budget: this sample cannot vouch for anything."""
+
+
+def fingerprint(roots: Sequence[str], budget: float, clock: Callable[[], float] = time.monotonic) -> Fingerprint:
+    """Walk every root (symbolic links are not followed); ``TooBig`` past ``budget`` seconds."""
+    deadline = clock() + budget
+    files = size = mtime_sum = mtime_max = 0
+    stack = [root for root in roots if os.path.isdir(root)]
+    while stack:
+        if clock() > deadline:
+            raise TooBig(f"the roots took more than {budget:g}s to scan")
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue  # vanished or unreadable: the parent's fingerprint already changed, or never will
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(entry.path)
+            elif stat.S_ISREG(info.st_mode):
+                files += 1
+                size += info.st_size
+                mtime_sum += info.st_mtime_ns
+                mtime_max = max(mtime_max, info.st_mtime_ns)
+    return Fingerprint(files, size, mtime_sum, mtime_max)
+
+
+class Sampler:
+    """Samples every ``interval`` seconds while asked, stops ``idle_stop`` seconds after the last ask."""
+
+    def __init__(
+        self,
+        roots: Sequence[str],
+        interval: float = 2.0,
+        idle_stop: float = 300.0,
+        budget: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.roots = list(roots)
+        self.interval = interval
+        self.idle_stop = idle_stop
+        self.budget = budget
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._asked = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.samples = 0
+        self.last: Fingerprint | None = None
+        self.first_at: float | None = None
+        self.changed_at: float | None = None
+        self.changed_last = False
+        self.problem: str | None = None
+
+    def ask(self) -> dict[str, object]:
+        """What the samples say now, starting the sampling on the first ask (no paths, no file names)."""
+        self._asked = self.clock()
+        if self._task is None or self._task.done():
+            self._reset()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return self.state()
+
+    def state(self) -> dict[str, object]:
+        base: dict[str, object] = {"interval": self.interval, "samples": self.samples}
+        if self.problem is not None:
+            return {**base, "state": "unknown", "detail": self.problem}
+        if self.samples < 2 or self.first_at is None:
+            return {**base, "state": "unknown", "detail": "sampling started"}
+        if self.changed_last:
+            return {**base, "state": "active", "detail": "files under the roots changed"}
+        quiet_since = self.changed_at if self.changed_at is not None else self.first_at
+        return {**base, "state": "quiet", "quiet_for": round(self.clock() - quiet_since, 3)}
+
+    def record(self, sample: Fingerprint | None, problem: str | None = None) -> None:
+        now = self.clock()
+        self.problem = problem
+        if sample is None:
+            return
+        if self.last is None:
+            self.first_at = now
+        elif sample != self.last:
+            self.changed_at = now
+        self.changed_last = self.last is not None and sample != self.last
+        self.last = sample
+        self.samples += 1
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.clock() - self._asked < self.idle_stop:
+            try:
+                sample = await loop.run_in_executor(None, fingerprint, self.roots, self.budget)
+            except TooBig as error:
+                self.record(None, str(error))
+            else:
+                self.record(sample)
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,28 @@
+"""The probe's distribution: built from extension/, it needs jupyter-server only and enables itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_wheel_depends_on_jupyter_server_only_and_ships_its_enabling_config(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path), str(ROOT / "extension")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("jupyterhub_activity_culler_probe-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert requires == ["jupyter-server>=2.13"]
+    assert any(n.endswith("etc/jupyter/jupyter_server_config.d/activity_culler_probe.json") for n in names)
+    assert not [n for n in names if n.startswith("culler/")]  # none of the service comes along
