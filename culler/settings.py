@@ -27,7 +27,7 @@ POLICY_FLAGS = (
 )
 
 
-SECRET_FIELDS = ("api_token", "proxy_api_token", "warn_url", "warn_secret")
+SECRET_FIELDS = ("api_token", "proxy_api_token", "probe_token", "warn_url", "warn_secret")
 
 
 def _seconds_or_none(value: object) -> object:
@@ -94,6 +94,10 @@ class ProbesView:
     prometheus_url: str | None
     prometheus_query: str | None
     prometheus_threshold: float
+    probe_token: str = field(default="", repr=False)  # the server probe's; "" when not set
+    proxy_url: str = "http://127.0.0.1:8001"  # where the server probe finds each server's target
+    proxy_token: str = field(default="", repr=False)
+    request_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,9 @@ class Settings(BaseSettings):
         None, description='PromQL with KubeSpawner\'s names, e.g. pod="jupyter-{user_server}"'
     )
     prometheus_threshold: float = Field(0.0, description="quiet while the query's value is at most this")
+    probe_token: SecretStr | None = Field(
+        None, description="settle probe server: a hub token holding only custom:activity-culler:probe"
+    )
     settle_poll: float = Field(15.0, gt=0, description="seconds between settle polls")
     probe_timeout: float = Field(30.0, gt=0, description="seconds one probe may take to answer")
 
@@ -267,6 +274,10 @@ class Settings(BaseSettings):
             self.prometheus_url,
             self.prometheus_query,
             self.prometheus_threshold,
+            self.probe_token.get_secret_value() if self.probe_token else "",
+            self.proxy_api_url,
+            self.proxy_api_token.get_secret_value() if self.proxy_api_token else "",
+            self.request_timeout,
         )
 
     @property
@@ -299,6 +310,7 @@ class Settings(BaseSettings):
     def configured_probes(self) -> list[str]:
         """The settle probes these settings set up, by the names policies use (sorted)."""
         probes = ["tree-scan"] if self.tree_scan_path else []
+        probes += ["server"] if self.probe_token is not None and self.probe_token.get_secret_value() else []
         return sorted(probes + (["prometheus"] if self.prometheus_url and self.prometheus_query else []))
 
     def policy_flags_given(self) -> list[str]:

@@ -22,6 +22,7 @@ from culler.adapters.hub_auth import HubAuth
 from culler.adapters.policy_store import PolicyStore
 from culler.adapters.probes.base import Probe
 from culler.adapters.probes.prometheus import PrometheusProbe
+from culler.adapters.probes.server import ServerProbe
 from culler.adapters.probes.treescan import TreeScanProbe
 from culler.adapters.proxy import ProxyActivity
 from culler.core.clock import ClockWatch
@@ -81,6 +82,8 @@ def build_probes(settings: Settings) -> dict[str, Probe]:
     if view.prometheus_url and view.prometheus_query:
         query = Template(view.prometheus_query, view.slug_scheme)
         probes["prometheus"] = PrometheusProbe(view.prometheus_url, query, view.prometheus_threshold)
+    if view.probe_token:
+        probes["server"] = ServerProbe(view.proxy_url, view.proxy_token, view.probe_token, view.request_timeout)
     return probes
 
 
@@ -165,7 +168,7 @@ def build_service(
     if activity is not None:
         resources.push_async_callback(activity.close)
     for probe in probes.values():
-        if isinstance(probe, PrometheusProbe):
+        if isinstance(probe, PrometheusProbe | ServerProbe):
             resources.push_async_callback(probe.close)
     culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=activity, events=bus)
     warnings = make_warnings(settings, bus.publish)

@@ -23,6 +23,7 @@ from culler.policy.model import (
     policy_hash,
     policy_schema,
     shadowed_rules,
+    trusting_servers,
     typed_option_values,
     unconfigured_probes,
 )
@@ -101,6 +102,7 @@ def check_policies(files: Sequence[Path], profile_list: Path | None = None) -> i
                 print(f"error: {line}", file=sys.stderr)
             continue
         warnings = shadowed_rules(policy) + unconfigured_probes(policy, configured) + typed_option_values(policy)
+        warnings += trusting_servers(policy)
         if profiles is not None:
             report = judge(policy, profiles)
             print(f"{path} with the profile list {profile_list} ('*': the default):")

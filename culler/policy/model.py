@@ -89,7 +89,7 @@ class Match(_Model):
         return criteria
 
 
-ProbeName = Literal["tree-scan", "prometheus"]
+ProbeName = Literal["tree-scan", "prometheus", "server"]
 
 
 class Settle(_Model):
@@ -266,6 +266,7 @@ def _unknown_plugins(policy: Policy, plugins: Iterable[str] | None) -> list[str]
 PROBE_SETTINGS = {
     "tree-scan": "CULLER_TREE_SCAN_PATH (e.g. /mnt/homes/{username})",
     "prometheus": "CULLER_PROMETHEUS_URL and CULLER_PROMETHEUS_QUERY",
+    "server": "CULLER_PROBE_TOKEN, a hub service token holding only custom:activity-culler:probe",
 }
 
 
@@ -307,6 +308,19 @@ def _describe(source: str, raw: dict[str, Any], item: Any) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def trusting_servers(policy: Policy) -> list[str]:
+    """The ``server`` probe asks code the user controls: it may delay a stop up to max_deferral, no more."""
+    places = [("defaults", policy.defaults.settle)] + [
+        (f"rules[{index}] (id {rule.id!r})", rule.settle) for index, rule in enumerate(policy.rules)
+    ]
+    return [
+        f"{where}: settle.probes includes 'server' with at_cap: skip: the server's own probe answers for "
+        "code its user controls, so a lying one would keep the server forever; use at_cap: stop"
+        for where, settle in places
+        if settle is not None and "server" in settle.probes and settle.at_cap == "skip"
+    ]
 
 
 def shadowed_rules(policy: Policy) -> list[str]:

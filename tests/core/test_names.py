@@ -134,6 +134,8 @@ def test_policy_check_warns_about_a_tree_scan_root_that_does_not_exist(tmp_path)
         {"tree_scan_path": "/h/{username}"},
         {"prometheus_url": "http://127.0.0.1:9"},
         {"tree_scan_path": "/h/{username}", "prometheus_url": "http://127.0.0.1:9", "prometheus_query": "x"},
+        {"probe_token": "probe-token"},
+        {"probe_token": ""},  # an empty token configures nothing
     ],
 )
 def test_policy_check_and_the_service_agree_on_the_configured_probes(settings):

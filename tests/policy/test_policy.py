@@ -375,3 +375,17 @@ def test_schema_is_strict_json():
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["version"]
+
+
+def test_the_server_probe_with_at_cap_skip_is_warned_about() -> None:
+    from culler.policy.model import trusting_servers
+
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "defaults": {"settle": {"probes": ["server"], "window": "30s", "at_cap": "skip"}},
+            "rules": [{"id": "ok", "settle": {"probes": ["server", "tree-scan"], "at_cap": "stop"}}],
+        }
+    )
+    [warning] = trusting_servers(policy)
+    assert warning.startswith("defaults: settle.probes includes 'server' with at_cap: skip")

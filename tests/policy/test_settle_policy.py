@@ -85,15 +85,16 @@ def test_no_settle_anywhere_means_no_probes() -> None:
     [
         (
             "version: 1\nrules:\n  - id: gpu\n    settle: {probes: [inotify], window: 1m}\n",
-            "policy.yaml: rules[0] (id 'gpu'): settle.probes.0: Input should be 'tree-scan' or 'prometheus'",
+            "policy.yaml: rules[0] (id 'gpu'): settle.probes.0: Input should be 'tree-scan', 'prometheus' or 'server'",
         ),
         (
             "version: 1\nrules:\n  - {}\n  - settle: {probes: [tree-scan, fanotify]}\n",
-            "policy.yaml: rules[1] (id 'rule-2'): settle.probes.1: Input should be 'tree-scan' or 'prometheus'",
+            "policy.yaml: rules[1] (id 'rule-2'): settle.probes.1: "
+            "Input should be 'tree-scan', 'prometheus' or 'server'",
         ),
         (
             "version: 1\ndefaults:\n  settle: {probes: [kubelet]}\n",
-            "policy.yaml: defaults.settle.probes.0: Input should be 'tree-scan' or 'prometheus'",
+            "policy.yaml: defaults.settle.probes.0: Input should be 'tree-scan', 'prometheus' or 'server'",
         ),
         (
             "version: 1\nrules:\n  - id: gpu\n    settle: {probes: [tree-scan], window: 10m, max_deferral: 10m}\n",
