@@ -10,6 +10,10 @@
 #   CULLER_DRY_RUN        "true": decide and report, stop nothing (shadow mode). Set "false" to act.
 #   CULLER_DELETE_USERS   "true" if the policy has a `users:` section (adds the admin:users scope)
 #   CULLER_PYTHON         the python that has the package installed (default: the hub's own)
+#   CULLER_PROBE_TOKEN    a token for the in-server probe (settle probe `server`; the user image needs
+#                         jupyterhub-activity-culler-probe): registers a second service holding only the
+#                         custom scope custom:activity-culler:probe, so the token that can stop servers
+#                         never goes to a server a user controls
 # Every other CULLER_* variable in the hub's environment (CULLER_CULL_EVERY, CULLER_LOG_FORMAT, ...)
 # is passed on to the service; see the README for the full list.
 import os
@@ -45,6 +49,15 @@ _scopes = ["list:users", "read:users:activity", "read:users:groups", "read:serve
 if _delete_users:
     _scopes.append("admin:users")
 c.JupyterHub.load_roles.append({"name": f"{_name}-service", "scopes": _scopes, "services": [_name]})
+
+# The in-server probe's credential: a service of its own whose role holds only the probe scope.
+if os.environ.get("CULLER_PROBE_TOKEN"):
+    _probe_scope = "custom:activity-culler:probe"
+    _custom = c.JupyterHub.custom_scopes if isinstance(c.JupyterHub.custom_scopes, dict) else {}
+    _custom[_probe_scope] = {"description": "Ask a server's activity-culler probe whether its home is written to"}
+    c.JupyterHub.custom_scopes = _custom
+    c.JupyterHub.services.append({"name": f"{_name}-probe", "api_token": os.environ["CULLER_PROBE_TOKEN"]})
+    c.JupyterHub.load_roles.append({"name": f"{_name}-probe", "scopes": [_probe_scope], "services": [f"{_name}-probe"]})
 
 # Let every user reach the service's pages (their countdown); `self` keeps the default user role intact.
 _roles = c.JupyterHub.load_roles  # a lazy value (not a list) while nothing earlier set it

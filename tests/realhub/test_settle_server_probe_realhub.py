@@ -22,14 +22,8 @@ SAMPLE = 0.5  # the extension's sampling interval here
 # the service sees that at a settle poll, then re-reads the server once before the stop.
 SETTLED_BOUND = WINDOW + SAMPLE + 2 * SETTLE_POLL + 3
 PROBE_TOKEN = secrets.token_hex(16)
+# The deploy snippet registers the probe's own service, role and custom scope from CULLER_PROBE_TOKEN.
 PROBE_CONFIG = f"""
-c.JupyterHub.custom_scopes = {{"custom:activity-culler:probe": {{"description": "ask a server's culler probe"}}}}
-c.JupyterHub.services.append({{"name": "activity-culler-probe", "api_token": {PROBE_TOKEN!r}}})
-c.JupyterHub.load_roles.append({{
-    "name": "activity-culler-probe",
-    "scopes": ["custom:activity-culler:probe"],
-    "services": ["activity-culler-probe"],
-}})
 c.Spawner.args.append("--ActivityCullerProbe.interval={SAMPLE}")
 """
 POLICY = f"""\
