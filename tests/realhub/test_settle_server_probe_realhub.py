@@ -5,9 +5,12 @@ stop until the home has been quiet for the window; a writer to a directory outsi
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from process_support import start_process, stop_process
 from realhub_support import CullerHub, start_culler_hub_with
 from settle_support import Writer, exited, seen_at
 
@@ -22,15 +25,31 @@ SAMPLE = 0.5  # the extension's sampling interval here
 # the service sees that at a settle poll, then re-reads the server once before the stop.
 SETTLED_BOUND = WINDOW + SAMPLE + 2 * SETTLE_POLL + 3
 PROBE_TOKEN = secrets.token_hex(16)
+CAP = 8
 # The deploy snippet registers the probe's own service, role and custom scope from CULLER_PROBE_TOKEN.
+# Users named real-bare-* get a server whose extension is switched off in its user config (a user image
+# without the probe).
 PROBE_CONFIG = f"""
 c.Spawner.args.append("--ActivityCullerProbe.interval={SAMPLE}")
+import json as _json, os as _os
+def _bare(spawner):
+    if spawner.user.name.startswith("real-bare"):
+        config_dir = _os.path.join(spawner.notebook_dir or "/tmp", ".jupyter-bare-" + spawner.user.name)
+        _os.makedirs(config_dir, exist_ok=True)
+        with open(_os.path.join(config_dir, "jupyter_server_config.json"), "w") as out:
+            _json.dump({{"ServerApp": {{"jpserver_extensions": {{"activity_culler_probe": False}}}}}}, out)
+        spawner.environment = {{**spawner.environment, "JUPYTER_CONFIG_DIR": config_dir}}
+c.Spawner.pre_spawn_hook = _bare
 """
 POLICY = f"""\
 version: 1
 defaults:
   idle: 1h
 rules:
+  - id: bare
+    match: {{users: ["real-bare-*"]}}
+    idle: {IDLE}s
+    settle: {{probes: [server], window: {WINDOW}s, max_deferral: {CAP}s, at_cap: stop}}
   - id: in-server
     match: {{users: ["real-*"]}}
     idle: {IDLE}s
@@ -93,3 +112,49 @@ async def test_a_writer_outside_the_roots_does_not_defer(hub: CullerHub, writer:
     await hub.wait_event("settling before stop", timeout=IDLE + 15, since=since, user=user)
     await seen_at(hub, "home settled; stopping", SETTLED_BOUND + 10, since, user=user)
     assert process.poll() is None, "the writer ended first: the test proves nothing"
+
+
+BURST_WRITER = """\
+import sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    with open(path, "a") as out:  # open, append, close: no file stays open between writes
+        out.write("x" * 64 + "\\n")
+    time.sleep(2)
+"""
+
+
+async def test_a_burst_writer_every_two_seconds_defers_the_stop(hub: CullerHub, tmp_path: Path) -> None:
+    await hub.wait_policy(POLICY)
+    user = "real-burst"
+    since = hub.log_offset()
+    ready = await hub.start_servers((user, "", None))
+    data = hub.home(user) / "bursts.log"
+    write_for = IDLE + WINDOW + 6
+    process = start_process([sys.executable, "-c", BURST_WRITER, str(data), f"{write_for:g}"], tmp_path / "burst.log")
+    try:
+        await hub.wait_event("settling before stop", timeout=IDLE + 15, since=since, user=user)
+        writer_end = await exited(process, write_for + 10)
+    finally:
+        stop_process(process)
+    assert writer_end - ready >= IDLE + WINDOW + 3
+    assert await hub.is_running(user), "a write every 2 s, shorter than the window, must keep deferring"
+    last_write = data.stat().st_mtime
+    _, seen = await seen_at(hub, "home settled; stopping", SETTLED_BOUND + 10, since, user=user)
+    assert seen - last_write >= WINDOW
+
+
+async def test_a_server_without_the_extension_cannot_tell_until_the_cap(hub: CullerHub) -> None:
+    await hub.wait_policy(POLICY)
+    user = "real-bare-server"
+    since = hub.log_offset()
+    await hub.start_servers((user, "", None))
+    capped = await hub.wait_event(
+        "settle cap reached; stopping unverified", timeout=IDLE + CAP + 20, since=since, user=user
+    )
+    assert capped["rule"] == "bare"
+    said = hub.events("settle probe cannot tell; deferring the stop", since, user=user)
+    assert len(said) == 1 and "no probe extension" in str(said[0].get("error")), said  # said once, not every poll
+    stopped = await hub.wait_event("server stopped", timeout=20, since=since, user=user)
+    assert stopped["settle"] == "unverified"
