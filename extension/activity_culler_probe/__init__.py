@@ -25,7 +25,10 @@ PATH = "api/activity-culler/probe"
 
 class ActivityCullerProbe(Configurable):
     extra_roots = List(Unicode(), help="more persistent roots to watch, e.g. /home/data").tag(config=True)
-    interval = Float(2.0, help="seconds between samples while someone asks").tag(config=True)
+    interval = Float(2.0, help="shortest pause between samples while someone asks").tag(config=True)
+    max_cpu = Float(0.01, help="longer pauses where a sample would cost more than this share of a core").tag(
+        config=True
+    )
     idle_stop = Float(300.0, help="stop sampling this many seconds after the last ask").tag(config=True)
     budget = Float(1.0, help="seconds one sample may take; longer is 'cannot tell'").tag(config=True)
     scope = Unicode(SCOPE, help="the hub scope a caller's token must hold").tag(config=True)
@@ -38,7 +41,8 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
 def _load_jupyter_server_extension(app: ServerApp) -> None:
     settings = ActivityCullerProbe(config=app.config)
     root = str(app.root_dir) if app.root_dir else os.path.expanduser("~")
-    sampler = Sampler([root, *settings.extra_roots], settings.interval, settings.idle_stop, settings.budget)
+    roots = [root, *settings.extra_roots]
+    sampler = Sampler(roots, settings.interval, settings.idle_stop, settings.budget, max_cpu=settings.max_cpu)
     base_url = app.web_app.settings["base_url"]
     route = base_url.rstrip("/") + "/" + PATH
     app.web_app.add_handlers(".*$", [(route, ProbeHandler, {"sampler": sampler, "scope": settings.scope})])

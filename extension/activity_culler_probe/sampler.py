@@ -56,8 +56,16 @@ def fingerprint(roots: Sequence[str], budget: float, clock: Callable[[], float] 
     return Fingerprint(files, size, mtime_sum, mtime_max)
 
 
+def timed_fingerprint(roots: Sequence[str], budget: float) -> tuple[Fingerprint, float]:
+    """A fingerprint and the CPU seconds it took (this thread's)."""
+    began = time.thread_time()
+    sample = fingerprint(roots, budget)
+    return sample, time.thread_time() - began
+
+
 class Sampler:
-    """Samples every ``interval`` seconds while asked, stops ``idle_stop`` seconds after the last ask."""
+    """Samples while asked, stops ``idle_stop`` seconds after the last ask. The pause between samples is
+    ``interval``, or longer where a sample's CPU cost would otherwise exceed ``max_cpu`` of one core."""
 
     def __init__(
         self,
@@ -66,9 +74,12 @@ class Sampler:
         idle_stop: float = 300.0,
         budget: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        max_cpu: float = 0.01,
     ) -> None:
         self.roots = list(roots)
-        self.interval = interval
+        self.min_interval = interval
+        self.interval = interval  # the pause in force: derived from the last sample's measured cost
+        self.max_cpu = max_cpu
         self.idle_stop = idle_stop
         self.budget = budget
         self.clock = clock
@@ -120,11 +131,12 @@ class Sampler:
         loop = asyncio.get_running_loop()
         while self.clock() - self._asked < self.idle_stop:
             try:
-                sample = await loop.run_in_executor(None, fingerprint, self.roots, self.budget)
+                sample, cpu = await loop.run_in_executor(None, timed_fingerprint, self.roots, self.budget)
             except TooBig as error:
                 self.record(None, str(error))
             else:
                 self.record(sample)
+                self.interval = max(self.min_interval, cpu / self.max_cpu)
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:

@@ -88,3 +88,17 @@ async def test_sampling_starts_on_the_first_ask_and_stops_when_nobody_asks(tmp_p
     assert sampler.samples >= 2
     assert sampler.ask()["detail"] == "sampling started"  # a new ask starts afresh
     await sampler.stop()
+
+
+async def test_the_pause_between_samples_grows_with_a_samples_measured_cost(tmp_path: Path) -> None:
+    for index in range(300):
+        (tmp_path / f"f{index}").write_text("x")
+    sampler = Sampler([str(tmp_path)], interval=0.01, idle_stop=60, max_cpu=1e-6)  # any cost is too much
+    sampler.ask()
+    deadline = asyncio.get_running_loop().time() + 10
+    while sampler.samples < 1:
+        assert asyncio.get_running_loop().time() < deadline, "no sample within 10 s"
+        await asyncio.sleep(0.01)
+    # the pause is set in the same step that records the sample (no await between them)
+    assert sampler.interval > 1 and sampler.state()["interval"] == sampler.interval
+    await sampler.stop()
