@@ -103,15 +103,27 @@ async def test_a_writer_under_the_home_defers_the_stop_until_quiet(hub: CullerHu
     assert lines and all(line == "x" * 64 for line in lines), "a line was cut short"
 
 
-async def test_a_writer_outside_the_roots_does_not_defer(hub: CullerHub, writer: Writer) -> None:
+PIPE_WRITER = (
+    f"{sys.executable} -c 'import sys, time\nwhile True:\n    print(\"x\" * 64, flush=True)\n    time.sleep(0.05)'"
+    " | cat > /dev/null"
+)
+
+
+async def test_writers_outside_the_roots_and_to_a_pipe_do_not_defer(
+    hub: CullerHub, writer: Writer, tmp_path: Path
+) -> None:
     await hub.wait_policy(POLICY)
     user = "real-tmp-writer"
     since = hub.log_offset()
     await hub.start_servers((user, "", None))
     process = writer(hub.workdir / "not-a-home" / "scratch.log", IDLE + WINDOW + 30)
-    await hub.wait_event("settling before stop", timeout=IDLE + 15, since=since, user=user)
-    await seen_at(hub, "home settled; stopping", SETTLED_BOUND + 10, since, user=user)
-    assert process.poll() is None, "the writer ended first: the test proves nothing"
+    piping = start_process(["sh", "-c", PIPE_WRITER], tmp_path / "pipe.log")
+    try:
+        await hub.wait_event("settling before stop", timeout=IDLE + 15, since=since, user=user)
+        await seen_at(hub, "home settled; stopping", SETTLED_BOUND + 10, since, user=user)
+        assert process.poll() is None and piping.poll() is None, "a writer ended first: the test proves nothing"
+    finally:
+        stop_process(piping)
 
 
 BURST_WRITER = """\
