@@ -72,7 +72,7 @@ _VALUE_FLAGS: dict[str, str] = {
     "warn_timeout": "webhook timeout in seconds (default 10)",
     "activity_page_url": "a link for users, put in warning payloads",
 }
-_POLICY_FIELD_HINT = {
+POLICY_FIELD_HINT = {
     "timeout": "defaults.idle",
     "max_age": "defaults.max_age",
     "cull_users": "users.delete_inactive_after",
@@ -87,22 +87,22 @@ class UsageError(Exception):
     pass
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def add_service_flags(parser: argparse.ArgumentParser) -> None:
     for name, help_text in _VALUE_FLAGS.items():
-        parser.add_argument(_flag(name), dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
+        parser.add_argument(flag_name(name), dest=name, metavar=name.split("_")[-1].upper(), help=help_text)
     for name in _BOOL_FLAGS:
         parser.add_argument(
-            _flag(name), dest=name, nargs="?", const="true", metavar="BOOL", help="bare, or =true / =false"
+            flag_name(name), dest=name, nargs="?", const="true", metavar="BOOL", help="bare, or =true / =false"
         )
     for name in ("config", "generate_config"):
-        parser.add_argument(_flag(name), dest=name, nargs="?", const="", help=argparse.SUPPRESS)
+        parser.add_argument(flag_name(name), dest=name, nargs="?", const="", help=argparse.SUPPRESS)
 
 
-class _Parser(argparse.ArgumentParser):
+class RaisingParser(argparse.ArgumentParser):
     """Bad flags raise ``UsageError`` (a hub-managed service must not exit on them: see ``serve``)."""
 
     def error(self, message: str) -> NoReturn:
@@ -124,7 +124,7 @@ def settings_from(values: dict[str, Any]) -> Settings:
         return Settings(_secrets_dir=secrets_dir, **values)
     except ValidationError as error:
         problems = [
-            f"{_flag(str(e['loc'][0])) if e['loc'] else ''}: {e['msg'].removeprefix('Value error, ')}"
+            f"{flag_name(str(e['loc'][0])) if e['loc'] else ''}: {e['msg'].removeprefix('Value error, ')}"
             for e in error.errors()
         ]
         raise UsageError("invalid setting " + "; ".join(problems)) from error

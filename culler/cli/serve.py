@@ -13,12 +13,12 @@ from culler import __version__
 from culler.adapters.plugins import installed_plugins
 from culler.adapters.policy_store import PolicyStore
 from culler.cli.flags import (
-    _POLICY_FIELD_HINT,
+    POLICY_FIELD_HINT,
     PROG,
+    RaisingParser,
     UsageError,
-    _flag,
-    _Parser,
     add_service_flags,
+    flag_name,
     flags_policy,
     settings_from,
 )
@@ -28,7 +28,7 @@ from culler.wiring import Service, build_probes, build_service, serve_unready
 
 
 def _serve_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = RaisingParser(
         prog=PROG,
         argument_default=argparse.SUPPRESS,
         description="Stop JupyterHub servers nobody has reached through the browser for too long. "
@@ -43,7 +43,7 @@ def policy_store(settings: Settings, plugins: list[str], probes: list[str] | Non
     if settings.policy is not None:
         given = settings.policy_flags_given()
         if given:
-            hints = ", ".join(f"{_flag(g)} (use {_POLICY_FIELD_HINT[g]})" for g in given)
+            hints = ", ".join(f"{flag_name(g)} (use {POLICY_FIELD_HINT[g]})" for g in given)
             raise UsageError(f"with --policy, the policy file decides what is stopped; remove {hints}")
         return PolicyStore(path=settings.policy, plugins=plugins, probes=probes)
     return PolicyStore(fixed=flags_policy(settings))

@@ -10,7 +10,7 @@ is checked against ``MOVES`` (an illegal one is a bug: ``IllegalMove``) and publ
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -136,9 +136,6 @@ class Ledger:
 
     def settling(self) -> list[Record]:
         return sorted((r for r in self._records.values() if r.settling), key=lambda r: r.key)
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(list(self._records.values()))
 
     def __len__(self) -> int:
         return len(self._records)

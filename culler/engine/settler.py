@@ -275,7 +275,7 @@ class Settler:
                 event(log, logging.WARNING, "settle probe forget failed", probe=name, server=key, error=repr(error))
 
     def describe(self) -> list[dict[str, object]]:
-        return [settling.describe() for _, settling in sorted(self.settling.items())]
+        return [description for _, description in sorted(self.describe_by_key().items())]
 
     def describe_by_key(self) -> dict[str, dict[str, object]]:
         return {key: settling.describe() for key, settling in self.settling.items()}

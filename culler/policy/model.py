@@ -270,14 +270,19 @@ PROBE_SETTINGS = {
 }
 
 
+def _settle_sections(policy: Policy) -> list[tuple[str, Settle | None]]:
+    """Every settle section a policy has, with where it stands (for messages)."""
+    return [("defaults", policy.defaults.settle)] + [
+        (f"rules[{index}] (id {rule.id!r})", rule.settle) for index, rule in enumerate(policy.rules)
+    ]
+
+
 def unconfigured_probes(policy: Policy, probes: Iterable[str] | None) -> list[str]:
     """Probes a policy names that the service's settings do not set up (``probes`` None: don't check)."""
     if probes is None:
         return []
     configured = set(probes)
-    places = [("defaults", policy.defaults.settle)] + [
-        (f"rules[{index}] (id {rule.id!r})", rule.settle) for index, rule in enumerate(policy.rules)
-    ]
+    places = _settle_sections(policy)
     return [
         f"{where}: settle.probes: {name!r} is not configured in the service's settings (set {PROBE_SETTINGS[name]})"
         for where, settle in places
@@ -312,9 +317,7 @@ def _one_line(text: str) -> str:
 
 def trusting_servers(policy: Policy) -> list[str]:
     """The ``server`` probe asks code the user controls: it may delay a stop up to max_deferral, no more."""
-    places = [("defaults", policy.defaults.settle)] + [
-        (f"rules[{index}] (id {rule.id!r})", rule.settle) for index, rule in enumerate(policy.rules)
-    ]
+    places = _settle_sections(policy)
     return [
         f"{where}: settle.probes includes 'server' with at_cap: skip: the server's own probe answers for "
         "code its user controls, so a lying one would keep the server forever; use at_cap: stop"
