@@ -12,10 +12,11 @@ import os
 from typing import Any
 
 from jupyter_server.serverapp import ServerApp
-from traitlets import Float, List, Unicode
+from traitlets import Enum, Float, List, Unicode
 from traitlets.config import Configurable
 
 from activity_culler_probe.handler import ProbeHandler
+from activity_culler_probe.processes import Scope, choose_mode
 from activity_culler_probe.sampler import Sampler
 
 __version__ = "0.1.0"
@@ -32,6 +33,13 @@ class ActivityCullerProbe(Configurable):
     idle_stop = Float(300.0, help="stop sampling this many seconds after the last ask").tag(config=True)
     budget = Float(1.0, help="seconds one sample may take; longer is 'cannot tell'").tag(config=True)
     scope = Unicode(SCOPE, help="the hub scope a caller's token must hold").tag(config=True)
+    processes = Enum(
+        ["auto", "namespace", "tree", "off"],
+        "auto",
+        help="which processes' writes count: a stop kills every process in a container (namespace), the "
+        "server's process tree on a shared host (tree); auto picks by whether this runs in a container; "
+        "off counts every write under the roots",
+    ).tag(config=True)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
@@ -42,8 +50,18 @@ def _load_jupyter_server_extension(app: ServerApp) -> None:
     settings = ActivityCullerProbe(config=app.config)
     root = str(app.root_dir) if app.root_dir else os.path.expanduser("~")
     roots = [root, *settings.extra_roots]
-    sampler = Sampler(roots, settings.interval, settings.idle_stop, settings.budget, max_cpu=settings.max_cpu)
+    scope = _scope(settings.processes)
+    sampler = Sampler(
+        roots, settings.interval, settings.idle_stop, settings.budget, max_cpu=settings.max_cpu, scope=scope
+    )
     base_url = app.web_app.settings["base_url"]
     route = base_url.rstrip("/") + "/" + PATH
     app.web_app.add_handlers(".*$", [(route, ProbeHandler, {"sampler": sampler, "scope": settings.scope})])
-    app.log.info("activity-culler probe at %s", route)
+    app.log.info("activity-culler probe at %s (processes: %s)", route, scope.mode if scope else "any")
+
+
+def _scope(setting: str) -> Scope | None:
+    if setting == "off":
+        return None
+    scope = Scope(choose_mode(setting), os.getpid())
+    return scope if scope.available() else None  # no /proc: every write under the roots counts

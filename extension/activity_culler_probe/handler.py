@@ -6,16 +6,31 @@ from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
+from tornado import web
 
 from activity_culler_probe.sampler import Sampler
 
 
 class ProbeHandler(APIHandler):
+    """Asked every settle poll, so it is silent: the server's own log lines are writes by the process a
+    stop would kill, and would make every foreign change under the roots look like the server's own."""
+
     _track_activity = False  # a probe is not a user: the hub's last_activity must not move
 
     def initialize(self, sampler: Sampler, scope: str) -> None:
         self.sampler = sampler
         self.scope = scope
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        # The token is checked below; the server's identity provider is not asked, as it would log a
+        # "Not allowing user" warning for every probe token (which holds no access to the server).
+        if not self.check_host():
+            raise web.HTTPError(403)
+        self.current_user = self._jupyter_current_user = None
+
+    def _log(self) -> None:
+        # tornado's per-handler hook for the request log: a probe request is debug-level at any status
+        self.log.debug("%d %s %.1fms", self.get_status(), self.request.path, 1000 * self.request.request_time())
 
     def check_xsrf_cookie(self) -> None:
         return None  # token-only, GET-only: no browser session is accepted here

@@ -5,6 +5,10 @@ latest of their modification times. An append, a rewrite, a new or a removed fil
 outside the roots (``/tmp``, a pipe, a socket) cannot. Two samples that differ mean "written between
 them"; quiet is counted from the last sample that saw a change (or from the first sample), so it never
 claims more quiet than was seen.
+
+With a process scope (processes.py), a change counts only if what a stop would kill may have made it: a
+process in scope wrote (its write counter moved) across the two walks, or holds a file under the roots open
+for writing. A change no such process can have made (another pod writing to a shared volume) is foreign.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from activity_culler_probe.processes import Counters, Scope, moved
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,29 @@ def fingerprint(roots: Sequence[str], budget: float, clock: Callable[[], float] 
     return Fingerprint(files, size, mtime_sum, mtime_max)
 
 
-def timed_fingerprint(roots: Sequence[str], budget: float) -> tuple[Fingerprint, float]:
-    """A fingerprint and the CPU seconds it took (this thread's)."""
+@dataclass(frozen=True)
+class Look:
+    files: Fingerprint
+    before: Counters | None = None  # the scope's write counters just before the walk, and just after
+    after: Counters | None = None
+
+
+def foreign(previous: Look, now: Look, scope: Scope | None, roots: Sequence[str]) -> bool:
+    """Whether a change between two looks cannot have been made by a process in scope. The counters span
+    from before the previous walk to after this one, so a write either walk saw is inside them."""
+    if scope is None or previous.before is None or now.after is None or now.files == previous.files:
+        return False
+    return not moved(previous.before, now.after) and not scope.holds_open_for_writing(roots, list(now.after))
+
+
+def take(roots: Sequence[str], budget: float, scope: Scope | None, previous: Look | None) -> tuple[Look, bool, float]:
+    """One look (in a worker thread), whether its change is foreign, and the CPU seconds it took."""
     began = time.thread_time()
-    sample = fingerprint(roots, budget)
-    return sample, time.thread_time() - began
+    before = scope.counters() if scope else None
+    files = fingerprint(roots, budget)
+    now = Look(files, before, scope.counters() if scope else None)
+    outside = previous is not None and foreign(previous, now, scope, roots)
+    return now, outside, time.thread_time() - began
 
 
 class Sampler:
@@ -75,8 +99,10 @@ class Sampler:
         budget: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         max_cpu: float = 0.01,
+        scope: Scope | None = None,
     ) -> None:
         self.roots = list(roots)
+        self.scope = scope
         self.min_interval = interval
         self.interval = interval  # the pause in force: derived from the last sample's measured cost
         self.max_cpu = max_cpu
@@ -90,6 +116,7 @@ class Sampler:
     def _reset(self) -> None:
         self.samples = 0
         self.last: Fingerprint | None = None
+        self.look: Look | None = None
         self.first_at: float | None = None
         self.changed_at: float | None = None
         self.changed_last = False
@@ -104,7 +131,8 @@ class Sampler:
         return self.state()
 
     def state(self) -> dict[str, object]:
-        base: dict[str, object] = {"interval": self.interval, "samples": self.samples}
+        scope = self.scope.mode if self.scope else "roots"
+        base: dict[str, object] = {"interval": self.interval, "samples": self.samples, "scope": scope}
         if self.problem is not None:
             return {**base, "state": "unknown", "detail": self.problem}
         if self.samples < 2 or self.first_at is None:
@@ -114,16 +142,18 @@ class Sampler:
         quiet_since = self.changed_at if self.changed_at is not None else self.first_at
         return {**base, "state": "quiet", "quiet_for": round(self.clock() - quiet_since, 3)}
 
-    def record(self, sample: Fingerprint | None, problem: str | None = None) -> None:
+    def record(self, sample: Fingerprint | None, problem: str | None = None, outside: bool = False) -> None:
+        """Note a sample; ``outside``: its change was foreign (made by nothing a stop would kill)."""
         now = self.clock()
         self.problem = problem
         if sample is None:
             return
+        changed = self.last is not None and sample != self.last and not outside
         if self.last is None:
             self.first_at = now
-        elif sample != self.last:
+        elif changed:
             self.changed_at = now
-        self.changed_last = self.last is not None and sample != self.last
+        self.changed_last = changed
         self.last = sample
         self.samples += 1
 
@@ -131,11 +161,15 @@ class Sampler:
         loop = asyncio.get_running_loop()
         while self.clock() - self._asked < self.idle_stop:
             try:
-                sample, cpu = await loop.run_in_executor(None, timed_fingerprint, self.roots, self.budget)
+                look, outside, cpu = await loop.run_in_executor(
+                    None, take, self.roots, self.budget, self.scope, self.look
+                )
             except TooBig as error:
+                self.look = None  # the next look starts a new comparison
                 self.record(None, str(error))
             else:
-                self.record(sample)
+                self.look = look
+                self.record(look.files, outside=outside)
                 self.interval = max(self.min_interval, cpu / self.max_cpu)
             await asyncio.sleep(self.interval)
 

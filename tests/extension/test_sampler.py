@@ -54,14 +54,20 @@ def test_quiet_is_counted_from_the_last_sample_that_saw_a_change() -> None:
     a, b = Fingerprint(1, 10, 5, 5), Fingerprint(1, 11, 6, 6)
     assert sampler.state()["state"] == "unknown"  # nothing sampled yet
     sampler.record(a)
-    assert sampler.state() == {"interval": 2, "samples": 1, "state": "unknown", "detail": "sampling started"}
+    assert sampler.state() == {
+        "interval": 2,
+        "samples": 1,
+        "scope": "roots",
+        "state": "unknown",
+        "detail": "sampling started",
+    }
     now["t"] = 102.0
     sampler.record(b)  # written between the two samples
     assert sampler.state()["state"] == "active"
     now["t"] = 104.0
     sampler.record(b)
     now["t"] = 110.0
-    assert sampler.state() == {"interval": 2, "samples": 3, "state": "quiet", "quiet_for": 8.0}  # since 102
+    assert sampler.state() == {"interval": 2, "samples": 3, "scope": "roots", "state": "quiet", "quiet_for": 8.0}
     sampler.record(None, "the roots took more than 1s to scan")
     assert sampler.state()["state"] == "unknown"  # a sample that could not finish vouches for nothing
     sampler.record(b)

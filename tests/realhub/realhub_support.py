@@ -141,6 +141,20 @@ class CullerHub:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the hub exited with {process.returncode}; log: {self.hub.log_path}")
 
+    def service_token(self) -> str:
+        """The main token the hub gave the managed service (read from the service's environment)."""
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                command = (environ.parent / "cmdline").read_bytes().split(b"\0")
+                if b"culler" not in command or b"-m" not in command:
+                    continue
+                variables = dict(v.split("=", 1) for v in environ.read_text().split("\0") if "=" in v)
+            except OSError:
+                continue
+            if variables.get("JUPYTERHUB_SERVICE_URL", "").rstrip("/").endswith(f":{self.hub.service_port}"):
+                return variables["JUPYTERHUB_API_TOKEN"]
+        raise AssertionError("the service's process was not found")
+
     # -- servers -------------------------------------------------------------------------------------
 
     async def is_running(self, user: str, name: str = "", *, user_may_be_gone: bool = False) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from server_shell import ended, start_writer
 
 from devtools.devhub import LocalHub
 
@@ -28,7 +29,8 @@ c.JupyterHub.load_roles.append({{
     "scopes": ["custom:activity-culler:probe"],
     "services": ["activity-culler-probe"],
 }})
-c.Spawner.args.append("--ActivityCullerProbe.interval=0.5")
+# processes=tree: local servers on a shared host (in a container, auto would take every process)
+c.Spawner.args.extend(["--ActivityCullerProbe.interval=0.5", "--ActivityCullerProbe.processes=tree"])
 """
 
 
@@ -76,28 +78,37 @@ async def test_only_a_token_holding_the_probe_scope_is_answered(hub: LocalHub) -
     assert str(hub.home(USER)) not in text and "/home" not in text  # no paths in the answer
 
 
-async def test_writes_under_the_home_are_active_then_quiet(hub: LocalHub) -> None:
+async def test_writes_inside_the_server_under_the_home_are_active_then_quiet(hub: LocalHub, tmp_path: Path) -> None:
     url = await probe_url(hub)
-    log = hub.home(USER) / "train.log"
     await until_state(url, "quiet")  # sampling started by the first ask; nothing writes yet
-    end = time.monotonic() + 3
+    done = await start_writer(hub, USER, hub.home(USER) / "train.log", 3, scratch=tmp_path)  # a job in a terminal
     seen_active = False
-    while time.monotonic() < end:  # a job appending to a file under the home
-        with log.open("a") as out:
-            out.write("step\n")
+    while not done.exists():
         status, body = await ask(url, PROBE_TOKEN)
+        assert status == 200, body
         seen_active = seen_active or body["state"] == "active"
         await asyncio.sleep(0.2)
     assert seen_active
-    stopped = time.monotonic()
+    last_write = await ended(done, 10)
     quiet = await until_state(url, "quiet")
-    assert quiet["quiet_for"] <= time.monotonic() - stopped + 0.5  # never more quiet than there was
-    outside = hub.workdir / "outside.bin"  # not under the server's roots
-    for _ in range(5):
-        outside.write_bytes(secrets.token_bytes(64))
-        await asyncio.sleep(0.3)
+    assert quiet["scope"] == "tree"
+    assert quiet["quiet_for"] <= time.time() - last_write + 0.5  # never more quiet than there was
+
+
+async def test_writes_the_stop_would_not_kill_and_writes_outside_the_roots_do_not_count(hub: LocalHub) -> None:
+    url = await probe_url(hub)
+    await until_state(url, "quiet")
+    began = time.monotonic()
+    # This test's own process is outside the server's tree (as another pod on a shared volume would be);
+    # the second file is outside the server's roots.
+    for target in (hub.home(USER) / "from-elsewhere.log", hub.workdir / "outside.bin"):
+        for _ in range(5):
+            with target.open("a") as out:
+                out.write(secrets.token_hex(32))
+            await asyncio.sleep(0.3)
     status, body = await ask(url, PROBE_TOKEN)
-    assert status == 200 and body["state"] == "quiet" and body["quiet_for"] >= 1.0
+    assert status == 200 and body["state"] == "quiet", body
+    assert body["quiet_for"] >= time.monotonic() - began - 0.6  # quiet all along: none of it counted
 
 
 async def test_asking_is_never_activity_and_the_check_can_tell(hub: LocalHub) -> None:
