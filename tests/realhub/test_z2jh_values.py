@@ -65,6 +65,8 @@ from culler.policy.model import parse_policy, policy_hash
 SCOPES = ["list:users", "read:users:activity", "read:users:groups", "read:servers", "delete:servers"]
 ACCESS = f"access:services!service={SERVICE}"
 ROLE = "activity-culler-service"
+PROBE = "activity-culler-probe"  # the in-server probe's service and role
+PROBE_SCOPE = "custom:activity-culler:probe"
 MINIMUM_CHART = "4.3.3"  # the first chart whose hub image has prometheus-client >= 0.24
 
 # The values' policy is the 7-day default; the real-hub tests swap in one a test can see act.
@@ -86,7 +88,11 @@ LAB_ROLES = [
     {"name": "user", "scopes": ["self", "read:metrics"]},
     {"name": "lab-staff", "description": "staff see everyone's servers", "scopes": ["read:servers"], "groups": []},
 ]
-LAB = {"fullnameOverride": "lab", "hub": {"config": {"JupyterHub": {"load_roles": LAB_ROLES}}}}
+LAB_SCOPES = {"custom:lab:gpu-quota": {"description": "the lab's own scope"}}
+LAB = {
+    "fullnameOverride": "lab",
+    "hub": {"config": {"JupyterHub": {"load_roles": LAB_ROLES, "custom_scopes": LAB_SCOPES}}},
+}
 
 
 def service_of(values: dict[str, Any]) -> dict[str, Any]:
@@ -318,13 +324,15 @@ def culler_of(result: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_chart_registers_the_service_with_its_generated_token_and_our_roles(chart: Any) -> None:
     pod, result = chart["shipped"]
-    assert [s["name"] for s in result["services"]] == [SERVICE], "cull.enabled: false drops the chart's culler"
+    names = [s["name"] for s in result["services"]]
+    assert names == [SERVICE, PROBE], "cull.enabled: false drops the chart's culler"
     service = culler_of(result)
     assert service["api_token"] == pod.token(), "the token the chart generated into its Secret"
     assert service["url"] == "http://hub:10101"
     assert result["spawner_class"] == "kubespawner.KubeSpawner" and result["hub_connect_url"] == "http://hub:8081"
     roles = roles_by_name(result["load_roles"])
     assert roles[ROLE]["scopes"] == SCOPES and roles[ROLE]["services"] == [SERVICE]
+    assert roles[PROBE]["scopes"] == [PROBE_SCOPE] and roles[PROBE]["services"] == [PROBE]
     assert roles["user"]["scopes"] == ["self", ACCESS]
     assert "Loading extra config: activity-culler.py" in result["printed"]
     assert "added role" not in result["printed"], "nothing dropped our role here"
@@ -334,7 +342,6 @@ def test_extra_config_binds_all_interfaces_and_reaches_the_hub_on_localhost(char
     environment = culler_of(chart["shipped"][1])["environment"]
     assert environment["CULLER_BIND_URL"] == "http://0.0.0.0:10101"
     assert environment["CULLER_URL"] == "http://127.0.0.1:8081/hub/api"
-    assert "CULLER_PROXY_API_URL" not in environment and "CULLER_PROXY_API_TOKEN" not in environment
     assert culler_of(chart["base-url"][1])["environment"]["CULLER_URL"] == "http://127.0.0.1:8081/jhub/hub/api"
     assert culler_of(chart["explicit-bind"][1])["environment"]["CULLER_BIND_URL"] == "http://0.0.0.0:9999"
 
@@ -345,6 +352,22 @@ def test_extra_config_gives_the_proxy_activity_source_the_proxy_api(chart: Any) 
         environment = culler_of(result)["environment"]
         assert environment["CULLER_PROXY_API_URL"] == f"http://{proxy_api}:8001", name
         assert environment["CULLER_PROXY_API_TOKEN"] == pod.secret["hub.config.ConfigurableHTTPProxy.auth_token"]
+
+
+def test_the_in_server_probe_gets_a_token_holding_only_its_scope_and_the_routes(chart: Any) -> None:
+    """The probe's own service (no url, no command: a token), its one-scope role, the scope declared, and
+    the service given that token and the proxy API, whose routes hold each server's pod address."""
+    pod, result = chart["shipped"]
+    (probe,) = [s for s in result["services"] if s["name"] == PROBE]
+    assert set(probe) == {"name", "api_token"} and probe["api_token"] == pod.token(PROBE)
+    assert PROBE_SCOPE in result["custom_scopes"]
+    environment = culler_of(result)["environment"]
+    assert environment["CULLER_PROBE_TOKEN"] == pod.token(PROBE) != pod.token()
+    assert environment["CULLER_PROXY_API_URL"] == "http://proxy-api:8001"
+    assert environment["CULLER_PROXY_API_TOKEN"] == pod.secret["hub.config.ConfigurableHTTPProxy.auth_token"]
+    # a lab's own custom scopes merge with ours (Helm merges hub.config dicts)
+    _, lab = chart["lab"]
+    assert sorted(lab["custom_scopes"]) == sorted([PROBE_SCOPE, *LAB_SCOPES])
 
 
 def test_extra_config_adds_the_page_grant_to_the_operators_own_user_role(chart: Any) -> None:
@@ -363,11 +386,12 @@ def test_the_service_url_names_the_chart_s_real_hub_service(chart: Any) -> None:
 def test_a_lab_s_own_load_roles_keep_their_roles_and_ours(chart: Any) -> None:
     _, result = chart["lab"]
     roles = roles_by_name(result["load_roles"])
-    assert sorted(roles) == sorted([ROLE, "user", "lab-staff"])
+    assert sorted(roles) == sorted([ROLE, PROBE, "user", "lab-staff"])
     assert roles[ROLE]["scopes"] == SCOPES and roles[ROLE]["services"] == [SERVICE]
     assert roles["lab-staff"] == LAB_ROLES[1], "the lab's role as the lab wrote it"
     assert roles["user"]["scopes"] == ["self", "read:metrics", ACCESS]
-    assert f"activity-culler: added role {ROLE}, dropped by hub.config.JupyterHub.load_roles" in result["printed"]
+    for role in (ROLE, PROBE):
+        assert f"activity-culler: added role {role}, dropped by hub.config.JupyterHub.load_roles" in result["printed"]
 
     # without our hub.extraConfig the chart drops the role: what the snippet is there for
     _, bare = chart["lab-roles-without-our-snippet"]

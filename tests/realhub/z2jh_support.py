@@ -82,6 +82,7 @@ def _lb_summary(c):
     return {
         "services": [dict(s) for s in jupyterhub.get("services", [])],
         "load_roles": [dict(r) for r in jupyterhub.get("load_roles", [])],
+        "custom_scopes": dict(jupyterhub.get("custom_scopes", {})),
         "spawner_class": str(jupyterhub.get("spawner_class")),
         "hub_bind_url": jupyterhub.get("hub_bind_url"),
         "hub_connect_url": jupyterhub.get("hub_connect_url"),
