@@ -31,7 +31,7 @@ class ActivityCullerProbe(Configurable):
         config=True
     )
     idle_stop = Float(300.0, help="stop sampling this many seconds after the last ask").tag(config=True)
-    budget = Float(1.0, help="seconds one sample may take; longer is 'cannot tell'").tag(config=True)
+    budget = Float(30.0, help="seconds one sample may take; longer is 'cannot tell'").tag(config=True)
     scope = Unicode(SCOPE, help="the hub scope a caller's token must hold").tag(config=True)
     processes = Enum(
         ["auto", "namespace", "tree", "off"],

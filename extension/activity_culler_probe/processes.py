@@ -120,9 +120,27 @@ class Scope:
         return {pid: _wchar(self.proc, pid) for pid in self.pids()}
 
     def holds_open_for_writing(self, roots: Sequence[str], pids: Sequence[int]) -> bool:
-        """Whether a process in scope has a file under the roots open for writing (a memory map of one
-        keeps such a descriptor too). A process whose descriptors cannot be read counts as holding one."""
+        """Whether a process in scope has a file under the roots open for writing, or mapped shared and
+        writable (stores to a map move no write counter). A process whose descriptors cannot be read counts
+        as holding one."""
         real_roots = [os.path.realpath(root) for root in roots]
+        return any(self._maps_writable(pid, real_roots) for pid in pids) or self._fds_writable(real_roots, pids)
+
+    def _maps_writable(self, pid: int, roots: Sequence[str]) -> bool:
+        try:
+            with open(f"{self.proc}/{pid}/maps", "rb") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)  # address perms offset dev inode path
+                    shared_writable = len(fields) == 6 and fields[1][1:2] == b"w" and fields[1][3:4] == b"s"
+                    if shared_writable and _under(fields[5].rstrip(b"\n").decode(errors="replace"), roots):
+                        return True
+        except FileNotFoundError:
+            return False  # it ended
+        except OSError:
+            return True
+        return False
+
+    def _fds_writable(self, real_roots: Sequence[str], pids: Sequence[int]) -> bool:
         for pid in pids:
             try:
                 fds = os.listdir(f"{self.proc}/{pid}/fd")

@@ -1,10 +1,11 @@
 """Whether anything writes under the roots, sampled only while someone asks (no jupyter-server imports here).
 
-A sample is a fingerprint of every file under the roots: how many, their total size, and the sum and the
-latest of their modification times. An append, a rewrite, a new or a removed file changes it; a write
-outside the roots (``/tmp``, a pipe, a socket) cannot. Two samples that differ mean "written between
-them"; quiet is counted from the last sample that saw a change (or from the first sample), so it never
-claims more quiet than was seen.
+A sample is a fingerprint of every file under the roots: how many, their total size, and the sums and the
+latest of their modification and change times (a change time moves on every write and cannot be set
+back, so a writer that restores the modification time is still seen). An append, a rewrite, a new or a
+removed file changes it; a write outside the roots (``/tmp``, a pipe, a socket) cannot. Two samples that
+differ mean "written between them"; quiet is counted from the last sample that saw a change (or from the
+first sample) up to the latest sample, so it never claims more quiet than was seen.
 
 With a process scope (processes.py), a change counts only if what a stop would kill may have made it: a
 process in scope wrote (its write counter moved) across the two walks, or holds a file under the roots open
@@ -29,6 +30,8 @@ class Fingerprint:
     size: int
     mtime_sum: int
     mtime_max: int
+    ctime_sum: int = 0
+    ctime_max: int = 0
 
 
 class TooBig(Exception):
@@ -38,7 +41,7 @@ class TooBig(Exception):
 def fingerprint(roots: Sequence[str], budget: float, clock: Callable[[], float] = time.monotonic) -> Fingerprint:
     """Walk every root (symbolic links are not followed); ``TooBig`` past ``budget`` seconds."""
     deadline = clock() + budget
-    files = size = mtime_sum = mtime_max = 0
+    files = size = mtime_sum = mtime_max = ctime_sum = ctime_max = 0
     stack = [root for root in roots if os.path.isdir(root)]
     while stack:
         if clock() > deadline:
@@ -59,7 +62,9 @@ def fingerprint(roots: Sequence[str], budget: float, clock: Callable[[], float] 
                 size += info.st_size
                 mtime_sum += info.st_mtime_ns
                 mtime_max = max(mtime_max, info.st_mtime_ns)
-    return Fingerprint(files, size, mtime_sum, mtime_max)
+                ctime_sum += info.st_ctime_ns
+                ctime_max = max(ctime_max, info.st_ctime_ns)
+    return Fingerprint(files, size, mtime_sum, mtime_max, ctime_sum, ctime_max)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class Sampler:
         self.last: Fingerprint | None = None
         self.look: Look | None = None
         self.first_at: float | None = None
+        self.sampled_at: float | None = None
         self.changed_at: float | None = None
         self.changed_last = False
         self.problem: str | None = None
@@ -140,7 +146,9 @@ class Sampler:
         if self.changed_last:
             return {**base, "state": "active", "detail": "files under the roots changed"}
         quiet_since = self.changed_at if self.changed_at is not None else self.first_at
-        return {**base, "state": "quiet", "quiet_for": round(self.clock() - quiet_since, 3)}
+        seen_until = self.sampled_at if self.sampled_at is not None else quiet_since
+        # quiet up to the last sample, not up to now: a write since then is not seen yet
+        return {**base, "state": "quiet", "quiet_for": round(seen_until - quiet_since, 3)}
 
     def record(self, sample: Fingerprint | None, problem: str | None = None, outside: bool = False) -> None:
         """Note a sample; ``outside``: its change was foreign (made by nothing a stop would kill)."""
@@ -155,6 +163,7 @@ class Sampler:
             self.changed_at = now
         self.changed_last = changed
         self.last = sample
+        self.sampled_at = now
         self.samples += 1
 
     async def _run(self) -> None:

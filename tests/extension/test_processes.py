@@ -186,3 +186,35 @@ def test_a_foreign_change_leaves_the_sampler_quiet() -> None:
     now["t"] = 4.0
     sampler.record(c)  # the server's own write
     assert sampler.state()["state"] == "active"
+
+
+MAPPER = """\
+import ctypes, mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+address = libc.mmap(None, 4096, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+os.close(fd)  # no descriptor left: only the map says this process can write the file
+print("mapped", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_file_mapped_shared_and_writable_without_a_descriptor_is_seen(tmp_path: Path) -> None:
+    data = tmp_path / "home" / "array.bin"
+    data.parent.mkdir()
+    data.write_bytes(b"\0" * 4096)
+    mapper = subprocess.Popen([sys.executable, "-c", MAPPER, str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert mapper.stdout is not None and mapper.stdout.readline().strip() == "mapped"
+        scope = Scope("tree", mapper.pid)
+        assert not any(
+            os.readlink(f"/proc/{mapper.pid}/fd/{fd}") == str(data) for fd in os.listdir(f"/proc/{mapper.pid}/fd")
+        )
+        assert scope.holds_open_for_writing([str(data.parent)], [mapper.pid])
+        assert not scope.holds_open_for_writing([str(tmp_path / "elsewhere")], [mapper.pid])
+    finally:
+        mapper.kill()
+        mapper.wait(timeout=10)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,18 @@ import pytest
 pytest.importorskip("activity_culler_probe")  # installed by ./dev from extension/
 
 from activity_culler_probe.sampler import Fingerprint, Sampler, TooBig, fingerprint
+
+
+def test_a_rewrite_that_puts_the_modification_time_back_is_still_seen(tmp_path: Path) -> None:
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"a" * 64)
+    before = fingerprint([str(tmp_path)], budget=5)
+    stat = data.stat()
+    time.sleep(0.01)  # past the file system's timestamp granularity
+    data.write_bytes(b"b" * 64)  # same size
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as rsync -t or tar would
+    after = fingerprint([str(tmp_path)], budget=5)
+    assert (after.size, after.mtime_sum) == (before.size, before.mtime_sum) and after != before
 
 
 def test_an_append_a_new_file_and_a_removal_change_the_fingerprint(tmp_path: Path) -> None:
@@ -66,8 +80,8 @@ def test_quiet_is_counted_from_the_last_sample_that_saw_a_change() -> None:
     assert sampler.state()["state"] == "active"
     now["t"] = 104.0
     sampler.record(b)
-    now["t"] = 110.0
-    assert sampler.state() == {"interval": 2, "samples": 3, "scope": "roots", "state": "quiet", "quiet_for": 8.0}
+    now["t"] = 110.0  # quiet from 102 up to the last sample (104), not up to now: 106-110 is not seen yet
+    assert sampler.state() == {"interval": 2, "samples": 3, "scope": "roots", "state": "quiet", "quiet_for": 2.0}
     sampler.record(None, "the roots took more than 1s to scan")
     assert sampler.state()["state"] == "unknown"  # a sample that could not finish vouches for nothing
     sampler.record(b)
@@ -82,7 +96,7 @@ def test_without_a_change_quiet_counts_from_the_first_sample() -> None:
     now["t"] = 5.0
     sampler.record(same)
     now["t"] = 7.0
-    assert sampler.state()["quiet_for"] == 7.0
+    assert sampler.state()["quiet_for"] == 5.0  # from the first sample to the latest
 
 
 async def test_sampling_starts_on_the_first_ask_and_stops_when_nobody_asks(tmp_path: Path) -> None:
