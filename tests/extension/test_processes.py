@@ -168,6 +168,18 @@ def test_a_change_no_process_in_scope_made_is_foreign(server: subprocess.Popen[s
     assert fourth.files == third.files and not outside  # no change is never foreign
 
 
+def test_a_change_while_the_server_writes_elsewhere_counts(server: subprocess.Popen[str], tmp_path: Path) -> None:
+    home, scratch = tmp_path / "home", tmp_path / "scratch"
+    home.mkdir()
+    scratch.mkdir()
+    scope, roots = Scope("tree", server.pid), [str(home)]
+    first, _, _ = take(roots, 5, scope, None)
+    write_from(server, scratch / "tmp.log")  # the server writes, but outside the roots
+    (home / "from-another-pod.log").write_text("x")  # while something else changes the home
+    second, outside, _ = take(roots, 5, scope, first)
+    assert second.files != first.files and not outside  # cannot tell the two apart: counted
+
+
 def test_without_a_scope_every_change_counts(tmp_path: Path) -> None:
     first, _, _ = take([str(tmp_path)], 5, None, None)
     (tmp_path / "x").write_text("x")
