@@ -220,8 +220,14 @@ class Settings(BaseSettings):
     )
     hub_base_url: str = Field("/", validation_alias=_env("hub_base_url", "JUPYTERHUB_BASE_URL"))
     oauth_authorize_url: str | None = Field(None, description="the hub login page (default: from the base URL)")
-    stop_history: Path | None = Field(None, description="JSON-lines file of past stops, loaded at start")
-    stop_history_limit: int = Field(1000, ge=1)
+    database: Path | None = Field(
+        None, description="SQLite file for keeps, the stop history and page sessions (unset: in memory)"
+    )
+    stop_history: Path | None = Field(
+        None, description="an earlier version's JSON-lines stop history, imported into the database once"
+    )
+    stop_history_limit: int = Field(1000, ge=1, description="stops shown on the page (the newest)")
+    stop_history_retention: Seconds = Field(90 * 86400, gt=0, description="stored stops older than this are dropped")
     session_ttl: float = Field(8 * 3600.0, gt=0, description="seconds a page login lasts")
     secure_cookies: bool = Field(False, description="mark the session cookie Secure (behind https)")
 

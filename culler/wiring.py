@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -17,8 +18,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from culler.adapters.database import Database, DatabaseError, describe
 from culler.adapters.hub import HubClient, RequestObserver, internal_ssl_context
 from culler.adapters.hub_auth import HubAuth
+from culler.adapters.keep_store import KeepStore
 from culler.adapters.policy_store import PolicyStore
 from culler.adapters.probes.base import Probe
 from culler.adapters.probes.prometheus import PrometheusProbe
@@ -35,7 +38,7 @@ from culler.engine.cycle import Culler, CycleOptions
 from culler.engine.health import Health
 from culler.engine.setup_check import SetupCheck
 from culler.logs import event
-from culler.observers.history import StopHistory
+from culler.observers.history import StopHistory, import_json_lines
 from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import Metrics
 from culler.observers.notices import WarningSender
@@ -175,7 +178,13 @@ def build_service(
     if warnings is not None:
         resources.push_async_callback(warnings.close)
     latest = LatestDecisions()
-    history = StopHistory(settings.stop_history, settings.stop_history_limit)
+    database, problem = open_database(settings.database)
+    resources.callback(database.close)
+    keeps = KeepStore(database, problem)
+    culler.keeps = keeps
+    history = StopHistory(database, settings.stop_history_limit, retention=settings.stop_history_retention)
+    if settings.stop_history is not None and problem is None:
+        _import_history(database, settings.stop_history, history)
     bus.subscribe(metrics, *([warnings] if warnings else []), latest, history)
     metrics.watch(store, culler.ledger, [hub.clock] + ([activity.clock] if activity is not None else []))
     if store.state.policy is not None:
@@ -183,6 +192,29 @@ def build_service(
     health = Health(settings.interval)
     parts = Parts(metrics, latest, history, health, SetupCheck(hub, health, probes, settings.dry_run), warnings)
     return Service(settings, store, culler, parts, resources)
+
+
+def open_database(path: Path | None) -> tuple[Database, str | None]:
+    """The database at ``path``, or, when it cannot be opened (read, newer schema, corrupt), one in memory
+    and the reason: the service runs on, and keeps are "cannot be read" until it is fixed."""
+    try:
+        database = Database(path)
+    except DatabaseError as error:
+        log.error("cannot open the database; using one in memory until restarted: %s", error)
+        return Database(None), str(error)
+    log.info("database: %s", describe(database))
+    return database, None
+
+
+def _import_history(database: Database, path: Path, history: StopHistory) -> None:
+    try:
+        imported = import_json_lines(database, path)
+    except (DatabaseError, OSError) as error:
+        log.warning("cannot import the stop history %s: %s", path, error)
+        return
+    if imported is not None:
+        log.info("imported %d stops from %s into the database (once; the file is no longer written)", imported, path)
+        history.reload()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from culler.core.keeps import NO_KEEPS, KeepView, kept_deadline
 from culler.core.snapshot import ServerSnapshot, UserSnapshot
 from culler.core.text import isoformat
 from culler.policy.durations import format_duration
@@ -45,6 +46,7 @@ class Decision:
     remove: bool = False
     error: str | None = None  # set when the decision is "keep" because something failed
     settle: Settle | None = None  # for stops: wait for a quiet home first
+    kept_until: datetime | None = None  # a user's keep moved the idle deadline to this
 
     @property
     def sort_key(self) -> float:
@@ -53,7 +55,11 @@ class Decision:
 
 
 def evaluate(
-    policy: Policy, server: ServerSnapshot, now: datetime, plugins: Mapping[str, PluginFn] | None = None
+    policy: Policy,
+    server: ServerSnapshot,
+    now: datetime,
+    plugins: Mapping[str, PluginFn] | None = None,
+    keeps: KeepView = NO_KEEPS,
 ) -> Decision:
     if server.pending or not server.ready:
         state = f"pending {server.pending}" if server.pending else "not ready"
@@ -67,11 +73,11 @@ def evaluate(
         if not matched:
             continue
         if rule.plugin is None:
-            return _apply_limits(policy, rule, server, now)
+            return _apply_limits(policy, rule, server, now, keeps)
         decision = _ask_plugin(policy, rule, server, now, plugins or {})
         if decision is not None:
             return decision
-    return _apply_limits(policy, None, server, now)
+    return _apply_limits(policy, None, server, now, keeps)
 
 
 def match(criteria: Match | None, server: ServerSnapshot) -> bool | None:
@@ -136,21 +142,34 @@ def _settle(policy: Policy, rule: Rule | None) -> Settle | None:
     return settle if settle.probes else None
 
 
-def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now: datetime) -> Decision:
+def _apply_limits(
+    policy: Policy, rule: Rule | None, server: ServerSnapshot, now: datetime, keeps: KeepView
+) -> Decision:
     rule_id = rule.id if rule else DEFAULT_RULE_ID
     if rule is not None and rule.exempt:
         return Decision(server, Action.EXEMPT, rule_id, f"exempt by rule {rule_id!r}", _idle_seconds(server, now))
+    keep = policy.keep_for(rule)
+    if keep is not None and keeps.problem is not None:  # a keep we cannot read may be holding this server
+        return _unsure(server, rule_id, f"keeps cannot be read: {keeps.problem}")
     idle_limit = rule.idle if rule and rule.idle is not None else policy.defaults.idle
     max_age = rule.max_age if rule and rule.max_age is not None else policy.defaults.max_age
     idle = _idle_seconds(server, now)
     if idle is None:
         return _unsure(server, rule_id, "the hub reports neither last activity nor start time")
     idle_due = _after(now - timedelta(seconds=idle), idle_limit)
+    kept_until = None
+    if keep is not None and idle_due is not None:
+        kept_until = kept_deadline(keep, idle_due, keeps.kept(server.user, server.name), server)
+        idle_due = kept_until or idle_due
     age_due = _after(server.started, max_age) if server.started else None
     remove = _remove(policy, rule, server)
+    kept = f"; kept until {isoformat(kept_until)}" if kept_until else ""
     if idle_due is not None and now >= idle_due:
-        reason = f"no activity for {format_duration(idle)} (limit {format_duration(idle_limit)}, rule {rule_id})"
-        return Decision(server, Action.STOP, rule_id, reason, idle, idle_due, remove, settle=_settle(policy, rule))
+        reason = f"no activity for {format_duration(idle)} (limit {format_duration(idle_limit)}, rule {rule_id}){kept}"
+        settle = _settle(policy, rule)
+        return Decision(
+            server, Action.STOP, rule_id, reason, idle, idle_due, remove, settle=settle, kept_until=kept_until
+        )
     if age_due is not None and server.started is not None and now >= age_due:
         age = (now - server.started).total_seconds()
         reason = f"running for {format_duration(age)} (max age {format_duration(max_age)}, rule {rule_id})"
@@ -158,8 +177,8 @@ def _apply_limits(policy: Policy, rule: Rule | None, server: ServerSnapshot, now
     stop_at = min((t for t in (idle_due, age_due) if t is not None), default=None)
     limit = format_duration(idle_limit)
     when = f"stops at {isoformat(stop_at)}" if stop_at else "never stopped"
-    reason = f"idle {format_duration(idle)} of {limit} (rule {rule_id}); {when}"
-    return Decision(server, Action.KEEP, rule_id, reason, idle, stop_at, remove)
+    reason = f"idle {format_duration(idle)} of {limit} (rule {rule_id}){kept}; {when}"
+    return Decision(server, Action.KEEP, rule_id, reason, idle, stop_at, remove, kept_until=kept_until)
 
 
 def _after(start: datetime, seconds: float) -> datetime | None:

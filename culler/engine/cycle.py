@@ -17,6 +17,7 @@ from culler.adapters.proxy import ProxyActivity
 from culler.core.decide import Action, Decision, PluginFn
 from culler.core.events import Bus, CycleDecided
 from culler.core.guard import apply_guard
+from culler.core.keeps import NO_KEEPS, KeepView
 from culler.core.lifecycle import Ledger, Phase
 from culler.core.report import CycleReport
 from culler.core.snapshot import SnapshotError
@@ -59,8 +60,10 @@ class Culler:
         probes: Mapping[str, Probe] | None = None,
         activity: ProxyActivity | None = None,
         events: Bus | None = None,
+        keeps: KeepView = NO_KEEPS,
     ) -> None:
         self.hub = hub
+        self.keeps = keeps  # users' keeps: an input to every decision, the re-check before a stop included
         self.options = options
         self.plugins = dict(plugins or {})
         self.clock = clock
@@ -109,7 +112,7 @@ class Culler:
             event(log, logging.ERROR, "cycle failed", error=report.error)
             return report
         self._note_listing(report, listing)
-        report.decisions = listing.decide(policy, self.plugins, self.clock)
+        report.decisions = listing.decide(policy, self.plugins, self.clock, self.keeps)
         self._log_doubts(report.decisions)
         await self._stop_due(report, self._needs_recheck(policy, report.listing_seconds))
         report.settling = frozenset(record.key for record in self.ledger.settling())
@@ -192,7 +195,7 @@ class Culler:
             return False
         if self._policy is None:
             return None
-        [fresh] = decisions_for(found[:1], self._policy, self.plugins, self.clock)
+        [fresh] = decisions_for(found[:1], self._policy, self.plugins, self.clock, self.keeps)
         if fresh.error:
             return None
         return fresh.action is Action.STOP

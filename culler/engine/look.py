@@ -16,6 +16,7 @@ from culler.adapters.hub import HubClient
 from culler.adapters.proxy import ProxyActivity
 from culler.core.clock import Reading
 from culler.core.decide import Decision, PluginFn, evaluate
+from culler.core.keeps import NO_KEEPS, KeepView
 from culler.core.snapshot import ServerSnapshot, SnapshotError, UserSnapshot, servers_of, user_of, with_route_activity
 from culler.core.text import utcnow
 from culler.policy.model import Policy
@@ -85,9 +86,13 @@ class Listing:
             self.servers[server.key] = server
 
     def decide(
-        self, policy: Policy, plugins: Mapping[str, PluginFn] | None = None, clock: Callable[[], datetime] = utcnow
+        self,
+        policy: Policy,
+        plugins: Mapping[str, PluginFn] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        keeps: KeepView = NO_KEEPS,
     ) -> list[Decision]:
-        return decisions_for(list(self.servers.values()), policy, plugins, clock)
+        return decisions_for(list(self.servers.values()), policy, plugins, clock, keeps)
 
 
 def decisions_for(
@@ -95,9 +100,10 @@ def decisions_for(
     policy: Policy,
     plugins: Mapping[str, PluginFn] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    keeps: KeepView = NO_KEEPS,
 ) -> list[Decision]:
     """Each server's decision as of when the source answered with its data (see culler.clock)."""
-    return [evaluate(policy, server, server.observed_at or clock(), plugins) for server in servers]
+    return [evaluate(policy, server, server.observed_at or clock(), plugins, keeps) for server in servers]
 
 
 class Look:

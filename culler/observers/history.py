@@ -1,6 +1,8 @@
 """The stop history: which servers the service stopped, when and why (an observer of stops).
 
-Kept in memory (bounded) and, when a path is set, appended as JSON lines so that it outlives restarts."""
+Kept in the database (culler.adapters.database), whose entries older than the retention are dropped, and
+the newest ``limit`` in memory for the activity page. A JSON-lines history of an earlier version is
+imported once (``import_json_lines``); ``history export`` writes the database's back as JSON lines."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
+from culler.adapters.database import Database, DatabaseError
 from culler.core.decide import Decision
 from culler.core.events import Event, StopEnded
 from culler.core.lifecycle import Phase
@@ -20,31 +24,41 @@ log = logging.getLogger("culler.history")
 
 RECORDED = frozenset({Phase.STOPPED, Phase.GONE, Phase.SLOW})
 FIELDS = ("user", "server", "time", "rule", "reason", "result", "settle")
+MOST_STORED = 100_000  # a bound on the stored history beside its retention
+PRUNE_EVERY = 100  # stops between two prunings
 
 
 class StopHistory:
-    def __init__(self, path: Path | None, limit: int = 1000, clock: Callable[[], datetime] = utcnow) -> None:
-        self.path = path
+    def __init__(
+        self,
+        database: Database | None = None,
+        limit: int = 1000,
+        clock: Callable[[], datetime] = utcnow,
+        retention: float = 90 * 86400.0,
+    ) -> None:
+        self.database = database if database is not None else Database(None)
         self.clock = clock
+        self.retention = timedelta(seconds=retention)
         self.entries: deque[dict[str, str | None]] = deque(maxlen=max(1, limit))
         self._last: dict[tuple[str | None, str | None], dict[str, str | None]] = {}  # the page asks per server
-        if path is not None:
-            self._load(path)
+        self._since_prune = 0
+        self.reload()
 
-    def _load(self, path: Path) -> None:
+    def reload(self) -> None:
+        """Read the newest stops from the database into memory."""
+        self.entries.clear()
+        self._last.clear()
         try:
-            with path.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, 1):
-                    entry = _parse(line)
-                    if entry is None:
-                        if line.strip():
-                            log.warning("skipping bad stop history line %d in %s", number, path)
-                        continue
-                    self._append(entry)
-        except FileNotFoundError:
+            self._prune()
+            stored = self.database.stops(self.entries.maxlen or 1)
+        except DatabaseError as error:
+            log.warning("cannot read the stop history: %s", error)
             return
-        except OSError as error:
-            log.warning("cannot read the stop history %s: %s", path, error)
+        for entry in stored:
+            self._append({key: entry.get(key) for key in FIELDS})
+
+    def _prune(self) -> None:
+        self.database.prune_stops(self.clock() - self.retention, MOST_STORED)
 
     def observe(self, event: Event) -> None:
         match event:
@@ -64,12 +78,14 @@ class StopHistory:
             "settle": settle,
         }
         self._append(entry)
-        if self.path is not None:
-            try:
-                with self.path.open("a", encoding="utf-8") as out:
-                    out.write(json.dumps(entry, sort_keys=True) + "\n")
-            except OSError as error:
-                log.warning("cannot append to the stop history %s: %s", self.path, error)
+        try:
+            self.database.add_stop(entry)
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                self._prune()
+        except DatabaseError as error:  # kept in memory; the page still shows it until a restart
+            log.warning("cannot store the stop of %s: %s", decision.server.label, error)
 
     def _append(self, entry: dict[str, str | None]) -> None:
         if len(self.entries) == self.entries.maxlen:  # the oldest entry falls out
@@ -89,6 +105,34 @@ class StopHistory:
 
     def all(self) -> list[dict[str, str | None]]:
         return [dict(e) for e in reversed(self.entries)]
+
+
+def import_json_lines(database: Database, path: Path) -> int | None:
+    """Copy an earlier version's JSON-lines history into the database, once per file (by its full
+    path). The number imported; None when it was imported before or is missing. Bad lines are skipped."""
+    marker = f"imported:{path.resolve()}"
+    if database.meta(marker) is not None or not path.exists():
+        return None
+    entries = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            entry = _parse(line)
+            if entry is None:
+                if line.strip():
+                    log.warning("skipping bad stop history line %d in %s", number, path)
+                continue
+            entries.append(entry)
+    database.add_stops(entries, marker)
+    return len(entries)
+
+
+def export_json_lines(database: Database, out: TextIO) -> int:
+    """Write every stored stop as one JSON line, oldest first; how many."""
+    count = 0
+    for entry in database.iter_stops():
+        out.write(json.dumps(entry, sort_keys=True) + "\n")
+        count += 1
+    return count
 
 
 def _parse(line: str) -> dict[str, str | None] | None:

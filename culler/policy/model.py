@@ -116,11 +116,28 @@ class Settle(_Model):
         return defaults.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
 
 
+class Keep(_Model):
+    """Users may push their server's idle deadline later, ``step`` at a time, up to ``max`` past the moment
+    it would otherwise have been due (never past the rule's max_age)."""
+
+    step: Duration = Field(description="how much later one keep moves the deadline")
+    max: Duration = Field(description="the furthest past the normal deadline keeps may reach")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Keep:
+        if not 0 < self.step < math.inf or not 0 < self.max < math.inf:
+            raise ValueError("step and max must be longer than 0s and not never")
+        if self.step > self.max:
+            raise ValueError("step must not be longer than max")
+        return self
+
+
 class Defaults(_Model):
     idle: Duration = Field(7 * 86400, description="stop after this long without browser activity")
     max_age: Duration = Field(math.inf, description="stop servers running longer than this, active or not")
     remove_named_servers: bool = Field(False, description="delete named servers from the hub when stopping them")
     settle: Settle = Field(default_factory=Settle, description="wait for quiet homes before stopping")
+    keep: Keep | None = Field(None, description="let users keep their servers longer; none: they cannot")
 
     @field_validator("settle")
     @classmethod
@@ -141,6 +158,9 @@ class Rule(_Model):
     max_age: Duration | None = None
     remove_named_servers: bool | None = None
     settle: Settle | None = None
+    keep: Keep | None = Field(
+        None, description="overrides defaults.keep; null here: this rule's servers cannot be kept"
+    )
     plugin: str | None = Field(None, description=f"a policy plugin registered in the entry-point group {PLUGIN_GROUP}")
     args: dict[str, Any] = Field(default_factory=dict, description="passed to the plugin")
 
@@ -198,6 +218,12 @@ class Policy(_Model):
         limits = [self.defaults.idle, *(r.idle for r in self.rules if r.idle is not None and not r.exempt)]
         finite = [limit for limit in limits if not math.isinf(limit)]
         return min(finite, default=None)
+
+    def keep_for(self, rule: Rule | None) -> Keep | None:
+        """The keep section in force for a rule: its own when it says one (``keep: null`` is "no keeps")."""
+        if rule is not None and "keep" in rule.model_fields_set:
+            return rule.keep
+        return None if rule is not None and rule.exempt else self.defaults.keep
 
     def settle_for(self, rule: Rule | None) -> Settle:
         """The settle section in force for a rule: its own fields over the defaults'."""

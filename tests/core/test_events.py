@@ -47,7 +47,7 @@ def test_an_observer_that_raises_is_logged_and_the_others_still_see_the_event(ca
 
 
 def test_an_observer_ignores_the_events_it_does_not_match(tmp_path) -> None:
-    history = StopHistory(tmp_path / "stops.jsonl", 10, clock=lambda: NOW)
+    history = StopHistory(None, 10, clock=lambda: NOW)
     history.observe(CycleDecided(CycleReport(started=NOW)))  # not a stop: nothing recorded, nothing raised
     assert history.last_stop("alice", "") is None
     history.observe(a_stop())

@@ -288,7 +288,13 @@ def flags(**overrides) -> dict:
     no_settle = {"probes": [], "window": 120, "max_deferral": 21600, "at_cap": "stop"}
     data = {
         "version": 1,
-        "defaults": {"idle": 3600.0, "max_age": math.inf, "remove_named_servers": False, "settle": no_settle},
+        "defaults": {
+            "idle": 3600.0,
+            "max_age": math.inf,
+            "remove_named_servers": False,
+            "settle": no_settle,
+            "keep": None,  # the incumbent's flags let nobody keep a server
+        },
     }
     data["rules"] = overrides.pop("rules", [])
     data["users"] = overrides.pop("users", None)
@@ -296,7 +302,15 @@ def flags(**overrides) -> dict:
     return data
 
 
-EXEMPT = {"exempt": True, "idle": None, "max_age": None, "remove_named_servers": None, "settle": None, "plugin": None}
+EXEMPT = {
+    "exempt": True,
+    "idle": None,
+    "max_age": None,
+    "remove_named_servers": None,
+    "settle": None,
+    "keep": None,
+    "plugin": None,
+}
 
 
 @pytest.mark.parametrize(

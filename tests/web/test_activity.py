@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,13 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
+from culler.adapters.database import Database
 from culler.core.decide import Action, Decision
 from culler.core.events import CycleDecided, StopEnded
 from culler.core.lifecycle import Phase
 from culler.core.report import CycleReport
 from culler.core.snapshot import ServerSnapshot
 from culler.core.text import humanize
-from culler.observers.history import StopHistory
+from culler.observers.history import StopHistory, export_json_lines, import_json_lines
 from culler.observers.latest import LatestDecisions
 from culler.policy.model import Settle
 from culler.web.page import OAuthConfig, add_activity_routes, identity_from, render_page
@@ -56,7 +58,7 @@ SETTLING = {"bob/big": {"server": "bob/big", "rule": "gpu", "since": "2024-06-01
 
 
 def stop_history(tmp_path: Path) -> StopHistory:
-    history = StopHistory(tmp_path / "stops.jsonl", clock=lambda: NOW - timedelta(days=1))
+    history = StopHistory(Database(tmp_path / "culler.sqlite"), clock=lambda: NOW - timedelta(days=1))
     old = Decision(server("alice", "old"), Action.STOP, "default", "no activity for 2d (limit 1d, rule default)")
     history.server_stopped(old, Phase.STOPPED, "home quiet")
     history.server_stopped(Decision(server("bob"), Action.STOP, "default", "no activity"), Phase.GONE, None)
@@ -111,15 +113,13 @@ def test_latest_decisions_listener() -> None:
     assert [d.server.key for d in latest.decisions if d.server.user == "alice"] == ["alice/"]
 
 
-def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
+def test_the_history_outlives_a_restart_in_the_database(tmp_path: Path) -> None:
     history = stop_history(tmp_path)
     history.server_stopped(decisions()[0], Phase.FAILED, None)  # not a stop: not recorded
     history.server_stopped(decisions()[0], Phase.WOULD_STOP, None)
-    path = tmp_path / "stops.jsonl"
-    with path.open("a") as out:
-        out.write("not json\n\n" + json.dumps({"user": 3}) + "\n")
     history.server_stopped(decisions()[1], Phase.SLOW, None)
-    again = StopHistory(path)
+    history.database.close()
+    again = StopHistory(Database(tmp_path / "culler.sqlite"), clock=lambda: NOW)  # a restart
     assert [(e["user"], e["server"], e["result"]) for e in again.all()] == [
         ("alice", "gpu", "slow-stopping"),
         ("bob", "", "gone"),
@@ -135,10 +135,54 @@ def test_history_round_trip_skips_bad_lines(tmp_path: Path) -> None:
         "settle": "home quiet",
     }
     assert [e["server"] for e in again.for_user("alice")] == ["gpu", "old"]
-    trimmed = StopHistory(path, limit=1)
+    trimmed = StopHistory(Database(tmp_path / "culler.sqlite"), limit=1, clock=lambda: NOW)
     assert trimmed.all()[0]["server"] == "gpu"
     assert trimmed.last_stop("alice", "old") is None and trimmed.last_stop("alice", "gpu") is not None
-    assert StopHistory(tmp_path / "missing.jsonl").all() == []
+
+
+def test_retention_drops_old_stops_from_the_database(tmp_path: Path) -> None:
+    history = stop_history(tmp_path)  # two stops, a day before NOW
+    later = StopHistory(history.database, clock=lambda: NOW + timedelta(days=30), retention=10 * 86400)
+    assert later.all() == [] and list(history.database.iter_stops()) == []
+    (tmp_path / "b").mkdir()
+    kept = StopHistory(stop_history(tmp_path / "b").database, clock=lambda: NOW, retention=10 * 86400)
+    assert len(kept.all()) == 2
+
+
+def test_an_old_json_lines_history_is_imported_once_and_exports_back(tmp_path: Path) -> None:
+    lines = [
+        {
+            "user": "alice",
+            "server": "",
+            "time": "2024-05-30T10:00:00Z",
+            "rule": "default",
+            "reason": "idle",
+            "result": "stopped",
+            "settle": None,
+        },
+        {
+            "user": "bob",
+            "server": "gpu",
+            "time": "2024-05-31T10:00:00.250000Z",
+            "rule": "gpu",
+            "reason": "idle",
+            "result": "gone",
+            "settle": "home quiet",
+        },
+    ]
+    old = tmp_path / "stops.jsonl"
+    old.write_text(
+        json.dumps(lines[0]) + "\nnot json\n\n" + json.dumps({"user": 3}) + "\n" + json.dumps(lines[1]) + "\n"
+    )
+    database = Database(tmp_path / "culler.sqlite")
+    assert import_json_lines(database, old) == 2
+    assert import_json_lines(database, old) is None  # once per file
+    assert import_json_lines(database, tmp_path / "missing.jsonl") is None
+    history = StopHistory(database, clock=lambda: NOW)
+    assert [e["user"] for e in history.all()] == ["bob", "alice"]
+    out = io.StringIO()
+    assert export_json_lines(database, out) == 2
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == lines
 
 
 def test_identity_from_hub_model() -> None:
