@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from culler.core.report import CycleReport
 from culler.core.text import utcnow
 from culler.engine.cycle import Culler, CycleOptions
 from culler.engine.health import Health
+from culler.engine.keeper import Keeper, describe_keep
 from culler.engine.setup_check import SetupCheck
 from culler.logs import event
 from culler.observers.history import StopHistory, import_json_lines
@@ -43,7 +45,8 @@ from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import Metrics
 from culler.observers.notices import WarningSender
 from culler.settings import ClockView, Settings
-from culler.web.app import make_app, make_metrics_app, make_unready_app
+from culler.web.app import make_app, make_metrics_app, make_unready_app, normalized_prefix
+from culler.web.keeps import add_keep_routes
 from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
 from culler.web.rows import rows
 
@@ -190,7 +193,8 @@ def build_service(
     if store.state.policy is not None:
         metrics.known_rules(rule.id for rule in store.state.policy.rules)
     health = Health(settings.interval)
-    parts = Parts(metrics, latest, history, health, SetupCheck(hub, health, probes, settings.dry_run), warnings)
+    setup = SetupCheck(hub, health, probes, settings.dry_run)
+    parts = Parts(metrics, latest, history, health, setup, keeps, warnings)
     return Service(settings, store, culler, parts, resources)
 
 
@@ -226,6 +230,7 @@ class Parts:
     history: StopHistory
     health: Health
     setup: SetupCheck
+    keeps: KeepStore
     warnings: WarningSender | None = None
 
 
@@ -242,6 +247,10 @@ class Service:
         self.health = parts.health
         self.setup = parts.setup
         self.warnings = parts.warnings
+        self.keeps = parts.keeps
+        self.keeper = Keeper(
+            culler.hub, culler.look, parts.keeps, lambda: store.state.policy, culler.events.publish, culler.plugins
+        )
         self.resources = resources  # every session the wiring opened, closed once by close()
         self.auth = HubAuth(culler.hub)  # callers' tokens: one path to the hub, one cache
         self._cycle_task: asyncio.Task[None] | None = None
@@ -262,6 +271,7 @@ class Service:
                 self.health.record(started, f"no valid policy: {state.error}")
                 return None
             policy = await self.setup.before_cycle(state.policy, state.hash)
+            self._check_keeps(started)
             blocker = self.health.blocker()
             if blocker:  # e.g. a scope every cycle needs: nothing is judged, nothing is stopped
                 self.health.record(started, blocker)
@@ -279,6 +289,15 @@ class Service:
             return None
         self.health.record(utcnow(), report.error)
         return report
+
+    def _check_keeps(self, now: datetime) -> None:
+        self.keeps.expire(now)
+        problem = self.keeps.problem
+        message = f"keeps cannot be read ({problem}): servers whose rule allows keeping are not stopped"
+        self.health.condition("keeps", message if problem else None)
+
+    def keeps_body(self) -> dict[str, object]:
+        return {"keeps": [describe_keep(kept) for kept in self.keeps.all()], "problem": self.keeps.problem}
 
     async def refresh_policy(self) -> None:
         try:
@@ -366,6 +385,7 @@ class Service:
             index_page=oauth is None,
         )
         add_activity_routes(app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.auth), oauth)
+        add_keep_routes(app, normalized_prefix(self.settings.service_prefix), self.keeper.keep, self.keeps_body)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         self._bind_tasks.append(asyncio.create_task(self._bind(runner, self.settings.bind_url)))

@@ -1,4 +1,5 @@
-"""Command line: serve (default, with jupyterhub-idle-culler's flat flags), ``policy check|schema``, ``explain``.
+"""Command line: serve (default, with jupyterhub-idle-culler's flat flags), ``policy check|schema``, ``explain``,
+``history export``.
 
 Each command imports only what it uses: ``policy`` needs no HTTP client, scheduler or metrics.
 """
@@ -12,7 +13,11 @@ from importlib import import_module
 from culler.cli.flags import PROG, USAGE_ERROR, UsageError
 from culler.policy.model import PolicyError
 
-COMMANDS = {"policy": "culler.cli.policy:policy_command", "explain": "culler.cli.explain:explain_command"}
+COMMANDS = {
+    "policy": "culler.cli.policy:policy_command",
+    "explain": "culler.cli.explain:explain_command",
+    "history": "culler.cli.history:history_command",
+}
 
 
 def _command(name: str | None) -> Callable[[Sequence[str]], int]:

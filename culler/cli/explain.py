@@ -20,8 +20,9 @@ from culler.adapters.plugins import installed_plugins
 from culler.cli.flags import PROG, UsageError, add_service_flags, flags_policy, settings_from
 from culler.core.decide import Decision
 from culler.core.explain import changes, changes_table, describe, explain_table
+from culler.core.keeps import Kept
 from culler.core.snapshot import ServerSnapshot, SnapshotError
-from culler.core.text import utcnow
+from culler.core.text import parse_time, utcnow
 from culler.engine.look import Look, decisions_for
 from culler.policy.model import load_policy
 from culler.settings import Settings
@@ -65,13 +66,16 @@ def _explain(argv: Sequence[str]) -> int:
     candidate = load_policy(Path(candidate_path), sorted(plugins)) if candidate_path else None
     servers = asyncio.run(_fetch(settings, target))
     now = utcnow()
-    current = decisions_for(servers, in_force, plugins)
+    where = service_url or _default_service_url(settings.url, settings.service_name)
+    keeps = asyncio.run(_fetch_keeps(where, settings))  # users' keeps move deadlines: read them as the service does
+    current = decisions_for(servers, in_force, plugins, keeps=keeps)
+    if keeps.problem and any(d.error and "keeps cannot be read" in d.error for d in current):
+        print(f"(keeps unknown: {keeps.problem})", file=sys.stderr)
     if candidate is None or (in_force_path and Path(in_force_path) == Path(candidate_path or "")):
-        where = service_url or _default_service_url(settings.url, settings.service_name)
         settling = asyncio.run(_fetch_settling(where, settings))
         _print_decisions(current, now, as_json, settling)
         return 0
-    proposed = decisions_for(servers, candidate, plugins)
+    proposed = decisions_for(servers, candidate, plugins, keeps=keeps)
     rows = changes(current, proposed, now)
     print("\n".join(json.dumps(r) for r in rows) if as_json else changes_table(rows, len(servers)))
     return 0
@@ -107,6 +111,41 @@ async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         return f"cannot read {url}: {type(error).__name__}"
     return {str(item["server"]): item for item in body.get("settling", []) if isinstance(item, dict)}
+
+
+class ServiceKeeps:
+    """The running service's keeps (``api/keeps``), or why they could not be read."""
+
+    def __init__(self, keeps: list[Kept], problem: str | None) -> None:
+        self._keeps = {kept.key: kept for kept in keeps}
+        self.problem = problem
+
+    def kept(self, user: str, server: str) -> Kept | None:
+        return self._keeps.get(f"{user}/{server}")
+
+
+async def _fetch_keeps(service_url: str, settings: Settings) -> ServiceKeeps:
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    url = service_url.rstrip("/") + "/api/keeps"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(url, headers={"Authorization": f"token {token}"}) as response,
+        ):
+            if response.status != 200:
+                return ServiceKeeps([], f"{url} answered {response.status}")
+            body = await response.json()
+        keeps = [_kept(item) for item in body.get("keeps", [])]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as error:
+        return ServiceKeeps([], f"cannot read {url}: {type(error).__name__}")
+    return ServiceKeeps(keeps, body.get("problem"))
+
+
+def _kept(item: dict[str, Any]) -> Kept:
+    until, at = parse_time(item["until"]), parse_time(item["at"])
+    if until is None or at is None:
+        raise ValueError("a keep without times")
+    return Kept(str(item["user"]), str(item["server"]), until, str(item["by"]), at, parse_time(item.get("started")))
 
 
 async def _fetch(settings: Settings, target: str | None) -> list[ServerSnapshot]:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from culler.core.keeps import NO_KEEPS, KeepView, kept_deadline
+from culler.core.keeps import NO_KEEPS, KeepRefused, KeepView, kept_deadline, next_until
 from culler.core.snapshot import ServerSnapshot, UserSnapshot
 from culler.core.text import isoformat
 from culler.policy.durations import format_duration
@@ -179,6 +179,37 @@ def _apply_limits(
     when = f"stops at {isoformat(stop_at)}" if stop_at else "never stopped"
     reason = f"idle {format_duration(idle)} of {limit} (rule {rule_id}){kept}; {when}"
     return Decision(server, Action.KEEP, rule_id, reason, idle, stop_at, remove, kept_until=kept_until)
+
+
+def next_keep(
+    policy: Policy,
+    server: ServerSnapshot,
+    now: datetime,
+    keeps: KeepView = NO_KEEPS,
+    plugins: Mapping[str, PluginFn] | None = None,
+) -> tuple[str, datetime]:
+    """The deciding rule's id and the new kept deadline for one more keep of ``server``; ``KeepRefused``
+    (saying why, with the limit) where the policy does not allow it."""
+    decision = evaluate(policy, server, now, plugins)
+    if decision.action is Action.SKIP:
+        raise KeepRefused(f"the server is not running ({decision.reason})")
+    if decision.action is Action.EXEMPT:
+        raise KeepRefused(f"nothing to keep: the server is {decision.reason}")
+    if decision.error:
+        raise KeepRefused(f"cannot judge this server now: {decision.error}")
+    rule = next((r for r in policy.rules if r.id == decision.rule_id), None)
+    if rule is not None and rule.plugin is not None:
+        raise KeepRefused(f"rule {rule.id} is decided by the plugin {rule.plugin!r}: keeping does not apply")
+    keep = policy.keep_for(rule)
+    idle_limit = rule.idle if rule and rule.idle is not None else policy.defaults.idle
+    max_age = rule.max_age if rule and rule.max_age is not None else policy.defaults.max_age
+    since = server.activity_time
+    idle_due = _after(since, idle_limit) if since else None
+    age_due = _after(server.started, max_age) if server.started else None
+    current = None
+    if keep is not None and idle_due is not None:
+        current = kept_deadline(keep, idle_due, keeps.kept(server.user, server.name), server)
+    return decision.rule_id, next_until(keep, idle_due, age_due, current, now)
 
 
 def _after(start: datetime, seconds: float) -> datetime | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from culler.core.decide import Decision
+    from culler.core.keeps import Kept
     from culler.core.lifecycle import Phase
     from culler.core.report import CycleReport
     from culler.core.settle import Observation, SettleVerdict
@@ -71,7 +72,15 @@ class PolicyRead:
     result: str
 
 
-Event = CycleDecided | PhaseChanged | StopEnded | SettleObserved | NoticeSent | PolicyRead
+@dataclass(frozen=True)
+class ServerKept:
+    """A keep was stored: ``kept`` (who, until when) under rule ``rule``."""
+
+    kept: Kept
+    rule: str
+
+
+Event = CycleDecided | PhaseChanged | StopEnded | SettleObserved | NoticeSent | PolicyRead | ServerKept
 
 
 class Observer(Protocol):

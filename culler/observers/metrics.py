@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from culler.adapters.policy_store import PolicyStore
 from culler.core.clock import ClockWatch
 from culler.core.decide import Action, Decision
-from culler.core.events import CycleDecided, Event, NoticeSent, PolicyRead, SettleObserved, StopEnded
+from culler.core.events import CycleDecided, Event, NoticeSent, PolicyRead, ServerKept, SettleObserved, StopEnded
 from culler.core.lifecycle import OUTCOMES, Ledger, Phase
 from culler.core.listing import REASONS as LISTING_FAILURES
 from culler.core.report import CycleReport
@@ -118,6 +118,8 @@ class Metrics:
         self.notices = Counter(
             f"{PREFIX}_warnings", "Webhook notices by kind and result", ["kind", "result"], registry=r
         )
+        self.keeps = Counter(f"{PREFIX}_keeps", "Keeps users (or admins) made, by policy rule", ["rule"], registry=r)
+        self.kept = Gauge(f"{PREFIX}_kept_servers", "Servers whose idle deadline a keep moved, last cycle", registry=r)
 
     def _precreate(self) -> None:
         for result in ("loaded", "rejected"):
@@ -148,6 +150,7 @@ class Metrics:
 
     def known_rules(self, rule_ids: Iterable[str]) -> None:
         for rule in rule_ids:
+            self.keeps.labels(rule)
             for outcome in STOP_OUTCOMES:
                 self.stops.labels(outcome, rule)
 
@@ -170,6 +173,8 @@ class Metrics:
                 self.notices.labels(kind, "sent" if ok else "failed").inc()
             case PolicyRead(result=result):
                 self.reloads.labels(result).inc()
+            case ServerKept(rule=rule):
+                self.keeps.labels(rule).inc()
 
     def hub_request(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         self.requests.labels(method, endpoint, status).inc()
@@ -177,6 +182,8 @@ class Metrics:
 
     def cycle_done(self, report: CycleReport) -> None:
         self.cycles.labels("ok" if report.ok else "failed").inc()
+        if report.ok:
+            self.kept.set(sum(1 for decision in report.decisions if decision.kept_until is not None))
         self.cycle_duration.observe(report.duration)
         if report.listing_failure is not None:
             self.listing_failures.labels(report.listing_failure).inc()

@@ -92,7 +92,8 @@ class WarningSender:
         self._publish = publish or (lambda event: None)  # each delivery's outcome, for metrics
         self._limit = asyncio.Semaphore(max(1, concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
-        self._warned: dict[str, datetime | None] = {}  # server key -> activity time of the warned period
+        # server key -> (activity time, kept deadline) of the warned period
+        self._warned: dict[str, tuple[datetime | None, datetime | None]] = {}
         self._stopped: dict[str, datetime | None] = {}  # same, for stop notices
 
     # --- observing the engine -------------------------------------------------------------------------------
@@ -120,11 +121,13 @@ class WarningSender:
                 continue
             server = decision.server
             period = server.activity_time
-            if server.key in self._warned and self._warned[server.key] == period:
+            told = (period, decision.kept_until)  # a keep moves the deadline: tell again before the new one
+            if server.key in self._warned and self._warned[server.key] == told:
                 continue
-            self._warned[server.key] = period
+            self._warned[server.key] = told
+            kept = f"was kept until {utc_minutes(decision.kept_until)} and " if decision.kept_until else ""
             message = (
-                f"Your server {server.label} will be stopped on {utc_minutes(decision.stop_at)} "
+                f"Your server {server.label} {kept}will be stopped on {utc_minutes(decision.stop_at)} "
                 f"(in {in_words(left)}) unless you use it."
             )
             payload = self._payload(WARNING, decision, message, stop_at=decision.stop_at)
@@ -188,6 +191,7 @@ class WarningSender:
             "last_activity": isoformat(server.activity_time),
             "stop_at": isoformat(stop_at),
             "stopped_at": isoformat(stopped_at),
+            "kept_until": isoformat(decision.kept_until),
             "activity_page": self.service_url,
             "message": message,
         }
@@ -231,7 +235,7 @@ class WarningSender:
         except Exception as surprise:  # a bug here must not surface as an unretrieved task exception
             error, retryable = f"{type(surprise).__name__}: {self.webhook.scrub(str(surprise))}", False
         self._publish(NoticeSent(kind, ok=False))
-        if kind == WARNING and retryable and self._warned.get(key, object()) == period:
+        if kind == WARNING and retryable and key in self._warned and self._warned[key][0] == period:
             del self._warned[key]  # the receiver was down: try again next cycle if still in the window
         event(
             log,

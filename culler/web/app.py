@@ -46,7 +46,7 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text="jupyterhub-activity-culler\n")
 
 
-async def _caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | web.Response:
+async def caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | web.Response:
     """The caller's hub scopes, or the answer to give: no token 401, refused 403, the hub cannot say 502."""
     token = bearer_token(request)
     if token is None:
@@ -61,7 +61,7 @@ async def _caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | 
 
 
 async def settling(request: web.Request) -> web.Response:
-    scopes = await _caller_scopes(request, "token")
+    scopes = await caller_scopes(request, "token")
     if isinstance(scopes, web.Response):
         return scopes
     if not scopes & READ_ALL_SERVERS:
@@ -71,7 +71,7 @@ async def settling(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus scrapes with a hub token that may access this service (``access:services!service=…``)."""
-    scopes = await _caller_scopes(request, "Bearer")
+    scopes = await caller_scopes(request, "Bearer")
     if isinstance(scopes, web.Response):
         return scopes
     name = request.app[SERVICE_KEY]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -165,9 +166,30 @@ async def test_warns_once_within_the_window(make_sender: SenderFactory, receiver
         "last_activity": "2026-11-20T11:00:00Z",
         "stop_at": "2026-11-27T10:00:00Z",
         "stopped_at": None,
+        "kept_until": None,
         "activity_page": "https://hub.example.org/services/culler/",
         "message": "Your server alice will be stopped on 2026-11-27 10:00 UTC (in 23 hours) unless you use it.",
     }
+
+
+async def test_a_keep_is_told_and_warned_again_before_the_kept_deadline(
+    make_sender: SenderFactory, receiver: Receiver
+) -> None:
+    sender = make_sender()
+    alice = server()
+    sender.cycle_done(report(keep(alice, NOW + timedelta(hours=23))))
+    assert await sender.drain(5)
+    kept_until = NOW + timedelta(hours=20)  # kept; later a cycle finds the kept deadline within the window
+    kept = dataclasses.replace(keep(alice, kept_until), kept_until=kept_until)
+    sender.cycle_done(report(kept))
+    sender.cycle_done(report(kept))  # once per kept deadline
+    assert await sender.drain(5)
+    assert len(receiver.posts) == 2
+    assert receiver.posts[1]["kept_until"] == "2026-11-27T07:00:00Z"
+    assert receiver.posts[1]["message"] == (
+        "Your server alice was kept until 2026-11-27 07:00 UTC and will be stopped on 2026-11-27 07:00 UTC "
+        "(in 20 hours) unless you use it."
+    )
 
 
 async def test_not_warned_outside_the_window(make_sender: SenderFactory, receiver: Receiver) -> None:
