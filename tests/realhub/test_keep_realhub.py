@@ -1,0 +1,169 @@
+"""Keeping a server through the service's API, against a real hub with real tokens and real single-user
+servers: who may keep whose server, the policy's bounds, the stop moved to the kept deadline, and keeps
+that outlive a restart of the service (the database on a real file)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from realhub_support import CullerHub, start_culler_hub_with, wait_for
+
+from culler.core.text import parse_time
+
+pytestmark = pytest.mark.realhub
+
+IDLE, STEP, MAX = 10, 10, 20
+POLICY = f"""\
+version: 1
+defaults: {{idle: 1h, keep: {{step: 1h, max: 2h}}}}
+rules:
+  - id: short
+    match: {{users: ["real-short-*"]}}
+    idle: {IDLE}s
+    keep: {{step: {STEP}s, max: {MAX}s}}
+  - id: no-keep
+    match: {{users: ["real-nokeep-*"]}}
+    keep: null
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CullerHub]:
+    workdir = tmp_path_factory.mktemp("keep")
+    yield from start_culler_hub_with(
+        workdir,
+        POLICY,
+        lambda hub: {"CULLER_DATABASE": str(hub.workdir / "culler.sqlite")},
+        dry_run=False,
+        cull_every=2,
+        last_activity_interval=1,
+    )
+
+
+async def keep(hub: CullerHub, token: str, user: str, server: str = "") -> tuple[int, dict[str, Any]]:
+    url = hub.service_url() + "api/keep"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"user": user, "server": server}, headers={"Authorization": f"token {token}"}) as r,
+    ):
+        return r.status, await r.json(content_type=None)
+
+
+async def keeps_now(hub: CullerHub) -> dict[str, Any]:
+    status, body = await hub.get(hub.service_url() + "api/keeps", token=hub.admin_token)
+    assert status == 200, body
+    return dict(body)
+
+
+def until(body: dict[str, Any]) -> datetime:
+    parsed = parse_time(body["until"])
+    assert parsed is not None
+    return parsed
+
+
+async def test_users_keep_their_own_servers_and_only_admins_keep_others(hub: CullerHub) -> None:
+    await hub.wait_policy(POLICY)
+    await hub.start_servers(("real-alice", "", None), ("real-bob", "", None))
+    alice, bob = await hub.user_token("real-alice"), await hub.user_token("real-bob")
+    since = hub.log_offset()
+    status, kept = await keep(hub, alice, "real-alice")
+    assert status == 200, kept
+    assert kept["by"] == "real-alice" and kept["rule"] == "default"
+    status, again = await keep(hub, alice, "real-alice")  # a second step stacks: an hour later
+    assert status == 200 and (until(again) - until(kept)).total_seconds() == pytest.approx(3600, abs=1)
+    status, refused = await keep(hub, alice, "real-bob")
+    assert status == 403 and "only real-bob or a hub admin" in refused["error"]
+    status, by_admin = await keep(hub, hub.admin_token, "real-bob")  # a service with admin:servers
+    assert status == 200 and by_admin["by"] == "devhub-admin"
+    assert (await keep(hub, bob, "real-bob"))[0] == 200
+    assert (await keep(hub, "not-a-token", "real-bob"))[0] == 403
+    assert (await keep(hub, alice, "real-nobody"))[0] == 403  # who may ask comes first: nothing is revealed
+    assert (await keep(hub, hub.admin_token, "real-nobody"))[0] == 404
+    audited = hub.events("server kept", since)
+    assert [(e["user"], e["by"]) for e in audited] == [
+        ("real-alice", "real-alice"),
+        ("real-alice", "real-alice"),
+        ("real-bob", "devhub-admin"),
+        ("real-bob", "real-bob"),
+    ]
+    listed = {(k["user"], k["by"]) for k in (await keeps_now(hub))["keeps"]}
+    assert {("real-alice", "real-alice"), ("real-bob", "real-bob")} <= listed
+
+
+async def test_the_policy_bounds_refuse_with_the_limit(hub: CullerHub) -> None:
+    await hub.wait_policy(POLICY)
+    await hub.start_servers(("real-carol", "", None), ("real-nokeep-dan", "", None))
+    carol = await hub.user_token("real-carol")
+    for _ in range(2):  # 1h steps up to 2h past the deadline
+        assert (await keep(hub, carol, "real-carol"))[0] == 200
+    status, refused = await keep(hub, carol, "real-carol")
+    assert status == 409 and "already kept to the limit" in refused["error"] and "at most 2h past" in refused["error"]
+    dan = await hub.user_token("real-nokeep-dan")
+    status, refused = await keep(hub, dan, "real-nokeep-dan")
+    assert status == 409 and "does not allow keeping" in refused["error"]
+
+
+async def test_a_kept_server_outlives_its_deadline_and_a_restart_then_stops_after_the_kept_one(
+    hub: CullerHub,
+) -> None:
+    await hub.wait_policy(POLICY)
+    user = "real-short-erin"
+    since = hub.log_offset()
+    await hub.start_servers((user, "", None))
+    token = await hub.user_token(user)
+    status, first = await keep(hub, token, user)
+    assert status == 200, first
+    status, second = await keep(hub, token, user)
+    assert status == 200, second
+    kept_until = until(second)
+    status, refused = await keep(hub, token, user)  # the limit: MAX past the normal deadline
+    assert status == 409, refused
+    normal = kept_until.timestamp() - MAX
+
+    restarted = restart_service(hub)  # the keep must come back from the database
+
+    async def started_again() -> bool:
+        return service_pid(hub) not in (None, restarted)
+
+    await wait_for(started_again, 30, "the hub to start the service again")
+    await hub.hub.wait_service()
+
+    while time.time() < normal + 2 * 2 + 1:  # past the normal deadline and two cycles
+        assert await hub.is_running(user), "stopped at the normal deadline despite the keep"
+        await asyncio.sleep(0.5)
+    assert any(k["user"] == user for k in (await keeps_now(hub))["keeps"]), "the keep did not survive the restart"
+    stopped = await hub.wait_event("server stopped", timeout=MAX + 30, since=since, user=user)
+    assert time.time() >= kept_until.timestamp(), "stopped before the kept deadline"
+    assert stopped["rule"] == "short"  # the keep expired at its deadline: the normal rule stopped it
+    assert not any(k["user"] == user for k in (await keeps_now(hub))["keeps"])
+
+
+def service_pid(hub: CullerHub) -> int | None:
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            command = (environ.parent / "cmdline").read_bytes().split(b"\0")
+            if b"culler" not in command or b"-m" not in command:
+                continue
+            text = environ.read_text()
+        except OSError:
+            continue
+        if f"CULLER_SERVICE_PORT={hub.hub.service_port}" in text or f":{hub.hub.service_port}" in text:
+            return int(environ.parent.name)
+    return None
+
+
+def restart_service(hub: CullerHub) -> int:
+    """Stop the service process; the hub starts a managed service again when it exits."""
+    pid = service_pid(hub)
+    assert pid is not None, "the service's process was not found"
+    os.kill(pid, signal.SIGTERM)
+    return pid
