@@ -248,6 +248,7 @@ class Service:
         self.setup = parts.setup
         self.warnings = parts.warnings
         self.keeps = parts.keeps
+        self.database = parts.keeps.database
         self.keeper = Keeper(
             culler.hub, culler.look, parts.keeps, lambda: store.state.policy, culler.events.publish, culler.plugins
         )
@@ -384,7 +385,8 @@ class Service:
             self.settings.service_name,
             index_page=oauth is None,
         )
-        add_activity_routes(app, self.settings.service_prefix, self._rows, self.history, hub_identify(self.auth), oauth)
+        identify = hub_identify(self.auth)
+        add_activity_routes(app, self.settings.service_prefix, self._rows, self.history, identify, oauth, self.database)
         add_keep_routes(app, normalized_prefix(self.settings.service_prefix), self.keeper.keep, self.keeps_body)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -42,12 +43,14 @@ async def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0) -
 class Service:
     """One ``python -m culler`` process; output goes to files so no pipe can fill up."""
 
-    def __init__(self, tmp_path: Path, hub_url: str, *args: str, token: str = TOKEN) -> None:
+    def __init__(
+        self, tmp_path: Path, hub_url: str, *args: str, token: str = TOKEN, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.stdout_path = tmp_path / f"stdout-{self.port}.log"
         self.stderr_path = tmp_path / f"stderr-{self.port}.log"
-        env = culler_env(JUPYTERHUB_API_URL=hub_url, JUPYTERHUB_API_TOKEN=token, PYTHONUNBUFFERED="1")
+        env = culler_env(JUPYTERHUB_API_URL=hub_url, JUPYTERHUB_API_TOKEN=token, PYTHONUNBUFFERED="1", **(env or {}))
         command = [sys.executable, "-m", "culler", f"--bind-url={self.base}", "--cull-every=1", *args]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=tmp_path)
@@ -105,8 +108,8 @@ async def fake() -> AsyncIterator[FakeHub]:
 def start(tmp_path: Path) -> Any:
     services: list[Service] = []
 
-    def starter(hub_url: str, *args: str, token: str = TOKEN) -> Service:
-        service = Service(tmp_path, hub_url, *args, token=token)
+    def starter(hub_url: str, *args: str, token: str = TOKEN, env: dict[str, str] | None = None) -> Service:
+        service = Service(tmp_path, hub_url, *args, token=token, env=env)
         services.append(service)
         return service
 
@@ -144,6 +147,38 @@ async def test_health_follows_the_hub(fake: FakeHub, start: Any) -> None:
 
     fake.faults.clear()
     await service.health_is(200, lambda b: b.get("status") == "ok" and b.get("last_error") is None)
+
+
+KEEP_POLICY = """\
+version: 1
+defaults: {idle: 1h, keep: {step: 1d, max: 3d}}
+rules:
+  - {id: no-keep, match: {users: [quick-*]}, keep: null}
+"""
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "newer schema"])
+async def test_a_database_that_cannot_be_read_stops_nothing_that_could_be_kept(
+    fake: FakeHub, start: Any, tmp_path: Path, fault: str
+) -> None:
+    database = tmp_path / "culler.sqlite"
+    if fault == "corrupt":
+        database.write_bytes(b"not a database at all " * 200)
+    else:
+        with sqlite3.connect(database) as raw:
+            raw.execute("PRAGMA user_version = 99")
+    before = database.read_bytes()
+    policy = tmp_path / "keep.yaml"
+    policy.write_text(KEEP_POLICY)
+    fake.add_server("idle-keepable", last_activity=ago(hours=3))
+    fake.add_server("quick-idle", last_activity=ago(hours=3))
+    service = start(fake.url, f"--policy={policy}", env={"CULLER_DATABASE": str(database)})
+    body = await service.health_is(200, lambda b: b.get("status") == "ok" and b.get("cycles", 0) >= 3)
+    assert "keeps cannot be read" in body["degraded"]["keeps"] and str(database) in body["degraded"]["keeps"]
+    assert await stopped(fake, "quick-idle"), "a server whose rule allows no keep is judged as before"
+    assert fake.running("idle-keepable"), "stopped although a keep the service cannot read may hold it"
+    assert database.read_bytes() == before, "the unreadable database was changed"
+    assert service.output.count("cannot open the database") == 1
 
 
 async def test_health_while_the_hub_is_down(fake: FakeHub, start: Any) -> None:

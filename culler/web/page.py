@@ -16,12 +16,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from culler.adapters.database import Database
 from culler.adapters.errors import HubError, HubProtocolError, OAuthExchangeError
 from culler.adapters.hub_auth import HubAuth, OAuthCodes
 from culler.core.text import humanize
 from culler.core.ttlmap import TTLMap
 from culler.web.app import READ_ALL_SERVERS, bearer_token, normalized_prefix
 from culler.web.rows import History, admin_view, for_user, server_name
+from culler.web.sessions import Sessions
 
 log = logging.getLogger("culler.activity_web")
 
@@ -74,7 +76,13 @@ def identity_from(model: object) -> Identity:
 
 class ActivityWeb:
     def __init__(
-        self, prefix: str, rows_fn: RowsFn, history: History, identify: IdentifyFn, oauth: OAuthConfig | None
+        self,
+        prefix: str,
+        rows_fn: RowsFn,
+        history: History,
+        identify: IdentifyFn,
+        oauth: OAuthConfig | None,
+        database: Database | None = None,
     ) -> None:
         self.prefix = prefix
         self.rows_fn = rows_fn
@@ -82,7 +90,7 @@ class ActivityWeb:
         self.identify = identify  # cached where it asks the hub (culler.adapters.hub_auth)
         self.oauth = oauth
         ttl = oauth.session_ttl if oauth is not None else OAuthConfig.session_ttl
-        self.sessions: TTLMap[str, Identity] = TTLMap(ttl, MAX_SESSIONS)
+        self.sessions = Sessions(database, ttl, MAX_SESSIONS)
         self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS)
         self._codes = (
             OAuthCodes(oauth.token_url, oauth.client_id, oauth.client_secret, oauth.redirect_uri, oauth.ssl_context)
@@ -207,11 +215,12 @@ def add_activity_routes(
     history: History,
     identify: IdentifyFn,
     oauth: OAuthConfig | None,
+    database: Database | None = None,
 ) -> ActivityWeb:
     """``<prefix>api/servers`` always; with ``oauth``, also the page ``<prefix>`` (so the app must not route
     ``GET <prefix>`` itself), ``<prefix>oauth_callback`` and ``<prefix>logout``."""
     prefix = normalized_prefix(prefix)
-    activity = ActivityWeb(prefix, rows_fn, history, identify, oauth)
+    activity = ActivityWeb(prefix, rows_fn, history, identify, oauth, database)
     app[ACTIVITY_KEY] = activity
     app.router.add_get(prefix + "api/servers", activity.api_servers)
     if oauth is not None:
