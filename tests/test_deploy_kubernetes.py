@@ -27,7 +27,7 @@ from culler.web.app import make_app, make_metrics_app
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 KUBERNETES = "1.30"  # kubernetes-validate>=1.30 ships this version's schemas
-BUILT_IN = ["deployment.yaml", "service.yaml", "configmap.yaml", "secret.yaml", "networkpolicy.yaml"]
+BUILT_IN = ["deployment.yaml", "service.yaml", "configmap.yaml", "secret.yaml", "networkpolicy.yaml", "pvc.yaml"]
 Doc = dict[str, Any]
 CONTAINER: list[str | int] = ["spec", "template", "spec", "containers", 0]
 
@@ -178,7 +178,12 @@ def test_one_instance_non_root_read_only_and_confined() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     (tmp,) = [m for m in culler["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert "emptyDir" in volumes[tmp["name"]]
-    assert all(m.get("readOnly") for m in culler["volumeMounts"] if m is not tmp)
+    # the database's volume is the one written besides /tmp: the claim in pvc.yaml, where CULLER_DATABASE is
+    (data,) = [m for m in culler["volumeMounts"] if m["name"] == "data"]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == load("pvc.yaml")["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in culler["env"]}
+    assert env["CULLER_DATABASE"].startswith(data["mountPath"] + "/")
+    assert all(m.get("readOnly") for m in culler["volumeMounts"] if m not in (tmp, data))
     # z2jh's hub NetworkPolicy admits only pods with this label.
     assert spec["template"]["metadata"]["labels"]["hub.jupyter.org/network-access-hub"] == "true"
 

@@ -338,6 +338,13 @@ def test_the_chart_registers_the_service_with_its_generated_token_and_our_roles(
     assert "added role" not in result["printed"], "nothing dropped our role here"
 
 
+def test_the_database_lives_on_the_hub_s_pvc() -> None:
+    environment = load_values()["hub"]["services"][SERVICE]["environment"]
+    chart = chart_defaults()
+    assert chart["hub"]["db"]["type"] == "sqlite-pvc" and chart["hub"]["db"]["pvc"]
+    assert environment["CULLER_DATABASE"].startswith("/srv/jupyterhub/")  # where the chart mounts the hub's PVC
+
+
 def test_extra_config_binds_all_interfaces_and_reaches_the_hub_on_localhost(chart: Any) -> None:
     environment = culler_of(chart["shipped"][1])["environment"]
     assert environment["CULLER_BIND_URL"] == "http://0.0.0.0:10101"

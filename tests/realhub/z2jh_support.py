@@ -408,6 +408,8 @@ _lb_culler["url"] = "http://127.0.0.1:{port}"  # the hub k8s Service's name -> l
 _lb_env = _lb_culler["environment"]
 assert _lb_env["CULLER_URL"].startswith("http://127.0.0.1:8081/"), _lb_env["CULLER_URL"]
 _lb_env["CULLER_URL"] = _lb_env["CULLER_URL"].replace(":8081/", ":{hub_port}/", 1)  # the hub's port here
+assert _lb_env["CULLER_DATABASE"].startswith("/srv/jupyterhub/"), _lb_env["CULLER_DATABASE"]
+_lb_env["CULLER_DATABASE"] = {workdir!r} + _lb_env["CULLER_DATABASE"][len("/srv/jupyterhub"):]  # the hub's PVC
 c.JupyterHub.services.extend(_lb_admin[0])
 c.JupyterHub.load_roles.extend(_lb_admin[1])
 """
@@ -426,6 +428,7 @@ def chart_hub_config(pod: ChartPod, hub: LocalHub) -> str:
             service=SERVICE,
             port=hub.service_port,
             hub_port=hub.hub_port,
+            workdir=str(hub.workdir),
         )
     )
 
