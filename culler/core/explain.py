@@ -38,6 +38,8 @@ def describe(decision: Decision, now: datetime, settling: SettlingInfo | None = 
         "decision": verdict(decision, now),
         "reason": decision.reason,
     }
+    if decision.kept_until is not None:
+        row["kept_until"] = isoformat(decision.kept_until) or "-"
     info = (settling or {}).get(server.label)
     row["state"] = str(state_of(decision, info is not None))
     if info is not None:

@@ -5,8 +5,11 @@ that outlive a restart of the service (the database on a real file)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -15,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from realhub_support import CullerHub, start_culler_hub_with, wait_for
+from realhub_support import CullerHub, culler_env, start_culler_hub_with, wait_for
 
 from culler.core.text import parse_time
 
@@ -97,6 +100,22 @@ async def test_users_keep_their_own_servers_and_only_admins_keep_others(hub: Cul
     ]
     listed = {(k["user"], k["by"]) for k in (await keeps_now(hub))["keeps"]}
     assert {("real-alice", "real-alice"), ("real-bob", "real-bob")} <= listed
+    explained = await explain(hub, "real-alice")  # explain reads the keeps through the service's API
+    # within a second or two: each reading maps the hub's times onto our clock anew (culler.clock), and a keep at
+    # the limit is capped by the deadline as that reading sees it
+    shown = parse_time(explained["kept_until"])
+    assert shown is not None and abs((shown - until(again)).total_seconds()) < 2
+    assert f"kept until {explained['kept_until']}" in explained["reason"]
+    assert explained["decision"].startswith("keep")
+
+
+async def explain(hub: CullerHub, target: str) -> dict[str, Any]:
+    env = culler_env(JUPYTERHUB_API_TOKEN=hub.admin_token, CULLER_POLICY=str(hub.policy))
+    command = [sys.executable, "-m", "culler", "explain", target, "--url", hub.api_url, "--json"]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (row,) = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return dict(row)
 
 
 async def test_the_policy_bounds_refuse_with_the_limit(hub: CullerHub) -> None:
