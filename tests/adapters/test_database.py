@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from culler.adapters.database import SCHEMA_VERSION, Database, DatabaseError, file_system_of
+from culler.adapters.database import SCHEMA_VERSION, Database, DatabaseError, describe, file_system_of
 from culler.adapters.keep_store import KeepStore
 from culler.core.keeps import Kept
 
@@ -153,3 +153,11 @@ def test_a_read_only_database_is_read_and_refuses_new_keeps(shared_dir: Path) ->
     assert lines[0] == "read ['alice'] None"
     assert lines[1].startswith("refused database") and "readonly" in lines[1]
     assert lines[2] == "in force ['alice']"
+
+
+def test_without_a_path_the_database_is_in_memory_and_says_so(tmp_path: Path) -> None:
+    database = Database(None)
+    database.save_keep(a_keep())
+    assert database.keeps() == [a_keep()] and database.journal == "memory"
+    assert describe(database).startswith("in memory (set CULLER_DATABASE")
+    assert describe(Database(tmp_path / "x.sqlite")).startswith(f"{tmp_path / 'x.sqlite'} (journal wal, ")

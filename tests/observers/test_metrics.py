@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from culler.adapters.policy_store import PolicyStore
 from culler.core.decide import Action, Decision
-from culler.core.events import StopEnded
+from culler.core.events import ServerKept, StopEnded
 from culler.core.guard import GuardResult
+from culler.core.keeps import Kept
 from culler.core.lifecycle import Ledger, Phase, Record
 from culler.core.report import CycleReport
 from culler.core.settle import Observation, active, unknown
@@ -311,3 +312,21 @@ def test_the_exposition_has_no_per_user_series_by_default(tmp_path: Path) -> Non
     text = generate_latest(metrics.registry).decode()
     assert 'user="' not in text and "username" not in text
     assert f'{P}_servers{{state="due"}} 2.0' in text
+
+
+def test_keeps_are_counted_by_rule_and_kept_servers_by_cycle() -> None:
+    metrics = new_metrics()
+    metrics.known_rules(["short"])
+    assert value(metrics, f"{P}_keeps_total", rule="short") == 0
+    now = utcnow()
+    kept = Kept("a-1", "", now + timedelta(hours=1), "a-1", now, now - timedelta(days=1))
+    metrics.observe(ServerKept(kept, "short"))
+    metrics.observe(ServerKept(kept, "short"))
+    assert value(metrics, f"{P}_keeps_total", rule="short") == 2
+    report = a_report()
+    report.decisions.append(decision("a-3", Action.KEEP, kept_until=now + timedelta(hours=1)))
+    metrics.cycle_done(report)
+    assert value(metrics, f"{P}_kept_servers") == 1
+    failed = a_report(ok=False)
+    metrics.cycle_done(failed)  # a failed cycle says nothing new about keeps
+    assert value(metrics, f"{P}_kept_servers") == 1
