@@ -10,6 +10,8 @@
 #   CULLER_DRY_RUN        "true": decide and report, stop nothing (shadow mode). Set "false" to act.
 #   CULLER_DELETE_USERS   "true" if the policy has a `users:` section (adds the admin:users scope)
 #   CULLER_PYTHON         the python that has the package installed (default: the hub's own)
+#   CULLER_DATABASE       a SQLite file for keeps, the stop history and page sessions (default: in memory,
+#                         lost at restart), e.g. /srv/jupyterhub/activity-culler.sqlite beside the hub's own
 #   CULLER_PROBE_TOKEN    a token for the in-server probe (settle probe `server`; the user image needs
 #                         jupyterhub-activity-culler-probe): registers a second service holding only the
 #                         custom scope custom:activity-culler:probe, so the token that can stop servers
