@@ -96,10 +96,10 @@ def _default_service_url(api_url: str, service_name: str) -> str:
     return api_url.rstrip("/").removesuffix("/hub/api") + f"/services/{service_name}/"
 
 
-async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any] | str:
-    """The running service's settling servers by label, or why they could not be read."""
+async def _service_api(service_url: str, path: str, settings: Settings) -> dict[str, Any] | str:
+    """The running service's ``api/<path>`` answer, read with the service's token, or why it could not be."""
     token = settings.api_token.get_secret_value() if settings.api_token else ""
-    url = service_url.rstrip("/") + "/api/settling"
+    url = service_url.rstrip("/") + f"/api/{path}"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
@@ -110,6 +110,14 @@ async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any
             body = await response.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         return f"cannot read {url}: {type(error).__name__}"
+    return body if isinstance(body, dict) else f"{url} answered no JSON object"
+
+
+async def _fetch_settling(service_url: str, settings: Settings) -> dict[str, Any] | str:
+    """The running service's settling servers by label, or why they could not be read."""
+    body = await _service_api(service_url, "settling", settings)
+    if isinstance(body, str):
+        return body
     return {str(item["server"]): item for item in body.get("settling", []) if isinstance(item, dict)}
 
 
@@ -125,19 +133,13 @@ class ServiceKeeps:
 
 
 async def _fetch_keeps(service_url: str, settings: Settings) -> ServiceKeeps:
-    token = settings.api_token.get_secret_value() if settings.api_token else ""
-    url = service_url.rstrip("/") + "/api/keeps"
+    body = await _service_api(service_url, "keeps", settings)
+    if isinstance(body, str):
+        return ServiceKeeps([], body)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(url, headers={"Authorization": f"token {token}"}) as response,
-        ):
-            if response.status != 200:
-                return ServiceKeeps([], f"{url} answered {response.status}")
-            body = await response.json()
         keeps = [_kept(item) for item in body.get("keeps", [])]
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as error:
-        return ServiceKeeps([], f"cannot read {url}: {type(error).__name__}")
+    except (ValueError, KeyError, TypeError) as error:
+        return ServiceKeeps([], f"the service's keeps are unreadable: {type(error).__name__}")
     return ServiceKeeps(keeps, body.get("problem"))
 
 

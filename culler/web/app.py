@@ -60,13 +60,18 @@ async def caller_scopes(request: web.Request, scheme: str) -> frozenset[str] | w
     return scopes
 
 
-async def settling(request: web.Request) -> web.Response:
+async def refused_unless_reading_all(request: web.Request) -> web.Response | None:
+    """None for a caller whose token may read every server; else the answer to give."""
     scopes = await caller_scopes(request, "token")
     if isinstance(scopes, web.Response):
         return scopes
     if not scopes & READ_ALL_SERVERS:
         return web.json_response({"error": "needs a token with read:servers or admin:servers"}, status=403)
-    return web.json_response({"settling": request.app[SETTLING_KEY]()})
+    return None
+
+
+async def settling(request: web.Request) -> web.Response:
+    return await refused_unless_reading_all(request) or web.json_response({"settling": request.app[SETTLING_KEY]()})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

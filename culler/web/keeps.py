@@ -11,7 +11,7 @@ from aiohttp import web
 from culler.adapters.errors import HubError, SourceError
 from culler.core.snapshot import SnapshotError
 from culler.engine.keeper import KeepAnswer
-from culler.web.app import READ_ALL_SERVERS, bearer_token, caller_scopes
+from culler.web.app import bearer_token, refused_unless_reading_all
 
 KeepFn = Callable[[str, str, str], Awaitable[KeepAnswer]]  # token, user, server
 KeepsFn = Callable[[], dict[str, Any]]  # {"keeps": [...], "problem": ...}
@@ -41,12 +41,7 @@ async def keep(request: web.Request) -> web.Response:
 
 
 async def keeps(request: web.Request) -> web.Response:
-    scopes = await caller_scopes(request, "token")
-    if isinstance(scopes, web.Response):
-        return scopes
-    if not scopes & READ_ALL_SERVERS:
-        return web.json_response({"error": "needs a token with read:servers or admin:servers"}, status=403)
-    return web.json_response(request.app[KEEPS_KEY]())
+    return await refused_unless_reading_all(request) or web.json_response(request.app[KEEPS_KEY]())
 
 
 def add_keep_routes(app: web.Application, prefix: str, keep_fn: KeepFn, keeps_fn: KeepsFn) -> None:
