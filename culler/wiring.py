@@ -176,15 +176,14 @@ def build_service(
     for probe in probes.values():
         if isinstance(probe, PrometheusProbe | ServerProbe):
             resources.push_async_callback(probe.close)
-    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=activity, events=bus)
+    database, problem = open_database(settings.database)
+    resources.callback(database.close)
+    keeps = KeepStore(database, problem)
+    culler = Culler(hub, cycle_options(settings), plugins, probes=probes, activity=activity, events=bus, keeps=keeps)
     warnings = make_warnings(settings, bus.publish)
     if warnings is not None:
         resources.push_async_callback(warnings.close)
     latest = LatestDecisions()
-    database, problem = open_database(settings.database)
-    resources.callback(database.close)
-    keeps = KeepStore(database, problem)
-    culler.keeps = keeps
     history = StopHistory(database, settings.stop_history_limit, retention=settings.stop_history_retention)
     if settings.stop_history is not None and problem is None:
         _import_history(database, settings.stop_history, history)

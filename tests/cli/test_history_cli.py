@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from factories import stop_lines
+
 from culler.adapters.database import Database
 from culler.cli import main
 
@@ -12,26 +14,7 @@ from culler.cli import main
 def test_export_writes_the_stored_stops_as_json_lines(tmp_path: Path, capsys) -> None:
     path = tmp_path / "culler.sqlite"
     database = Database(path)
-    stops = [
-        {
-            "user": "alice",
-            "server": "",
-            "time": "2026-11-30T10:00:00Z",
-            "rule": "default",
-            "reason": "idle",
-            "result": "stopped",
-            "settle": None,
-        },
-        {
-            "user": "bob",
-            "server": "gpu",
-            "time": "2026-11-30T11:00:00Z",
-            "rule": "gpu",
-            "reason": "idle",
-            "result": "gone",
-            "settle": "verified",
-        },
-    ]
+    stops = stop_lines()
     for stop in stops:
         database.add_stop(stop)
     database.close()

@@ -10,7 +10,7 @@ import pytest
 from culler.core.decide import Action, evaluate
 from culler.core.keeps import KeepRefused, Kept, next_until
 from culler.core.snapshot import ServerSnapshot
-from culler.policy.model import Keep, parse_policy
+from culler.policy.model import Keep, PolicyError, parse_policy
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -117,5 +117,5 @@ def test_while_keeps_cannot_be_read_only_servers_that_could_be_kept_are_kept() -
 
 def test_the_policy_refuses_keeps_without_bounds() -> None:
     for bad in ("{step: 2d, max: 1d}", "{step: never, max: 1d}", "{step: 0, max: 1d}", "{step: 1d}"):
-        with pytest.raises(Exception, match="keep"):
+        with pytest.raises(PolicyError, match=r"defaults\.keep"):
             parse_policy(f"version: 1\ndefaults: {{keep: {bad}}}\n", "test")

@@ -141,8 +141,9 @@ class CullerHub:
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the hub exited with {process.returncode}; log: {self.hub.log_path}")
 
-    def service_token(self) -> str:
-        """The main token the hub gave the managed service (read from the service's environment)."""
+    def service_process(self) -> tuple[int, dict[str, str]] | None:
+        """The managed service's process (``python -m culler`` serving this hub's service port): its pid
+        and environment, as the hub started it; None while it is not running."""
         for environ in Path("/proc").glob("[0-9]*/environ"):
             try:
                 command = (environ.parent / "cmdline").read_bytes().split(b"\0")
@@ -152,8 +153,14 @@ class CullerHub:
             except OSError:
                 continue
             if variables.get("JUPYTERHUB_SERVICE_URL", "").rstrip("/").endswith(f":{self.hub.service_port}"):
-                return variables["JUPYTERHUB_API_TOKEN"]
-        raise AssertionError("the service's process was not found")
+                return int(environ.parent.name), variables
+        return None
+
+    def service_token(self) -> str:
+        """The main token the hub gave the managed service (read from the service's environment)."""
+        found = self.service_process()
+        assert found is not None, "the service's process was not found"
+        return found[1]["JUPYTERHUB_API_TOKEN"]
 
     # -- servers -------------------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -167,17 +166,8 @@ async def test_a_kept_server_outlives_its_deadline_and_a_restart_then_stops_afte
 
 
 def service_pid(hub: CullerHub) -> int | None:
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            command = (environ.parent / "cmdline").read_bytes().split(b"\0")
-            if b"culler" not in command or b"-m" not in command:
-                continue
-            text = environ.read_text()
-        except OSError:
-            continue
-        if f"CULLER_SERVICE_PORT={hub.hub.service_port}" in text or f":{hub.hub.service_port}" in text:
-            return int(environ.parent.name)
-    return None
+    found = hub.service_process()
+    return None if found is None else found[0]
 
 
 def restart_service(hub: CullerHub) -> int:

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
+from factories import stop_lines
 
 from culler.adapters.database import Database
 from culler.core.decide import Action, Decision
@@ -150,26 +151,7 @@ def test_retention_drops_old_stops_from_the_database(tmp_path: Path) -> None:
 
 
 def test_an_old_json_lines_history_is_imported_once_and_exports_back(tmp_path: Path) -> None:
-    lines = [
-        {
-            "user": "alice",
-            "server": "",
-            "time": "2024-05-30T10:00:00Z",
-            "rule": "default",
-            "reason": "idle",
-            "result": "stopped",
-            "settle": None,
-        },
-        {
-            "user": "bob",
-            "server": "gpu",
-            "time": "2024-05-31T10:00:00.250000Z",
-            "rule": "gpu",
-            "reason": "idle",
-            "result": "gone",
-            "settle": "home quiet",
-        },
-    ]
+    lines = stop_lines()
     old = tmp_path / "stops.jsonl"
     old.write_text(
         json.dumps(lines[0]) + "\nnot json\n\n" + json.dumps({"user": 3}) + "\n" + json.dumps(lines[1]) + "\n"
