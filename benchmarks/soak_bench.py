@@ -40,7 +40,7 @@ from culler.observers.latest import LatestDecisions
 from culler.observers.metrics import PREFIX, Metrics
 from culler.observers.notices import WarningSender
 from culler.policy.model import Policy
-from culler.web.page import ActivityWeb
+from culler.web.page import ActivityWeb, PendingLogin
 from culler.web.rows import rows
 
 POLICY = Policy.model_validate(
@@ -146,7 +146,9 @@ def sizes(
         "latest.decisions": len(latest.decisions),
         "history.entries (cap)": len(history.entries),
         "history._last (history cap)": len(history._last),
-        "page.sessions (cap)": len(page.sessions),
+        "page.sessions (cap)": len(page.sessions.memory),
+        "page.tokens (cap)": len(page.tokens),
+        "page.notices (cap)": len(page.notices),
         "page.states (cap)": len(page.states),
         "token cache (cap)": len(tokens._seen),
         "metrics per-server series": series,
@@ -157,6 +159,8 @@ CAPPED = {
     "history.entries (cap)": 1000,
     "history._last (history cap)": 1000,
     "page.sessions (cap)": 200,
+    "page.tokens (cap)": 200,
+    "page.notices (cap)": 200,
     "page.states (cap)": 200,
     "token cache (cap)": 200,
 }
@@ -179,7 +183,7 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
         metrics.known_probes(["tree-scan"])
         culler.events.subscribe(latest, history, metrics, warnings)
         page = ActivityWeb("/", lambda: [], history, _identify, None)
-        page.sessions.cap = page.states.cap = 200
+        page.sessions.memory.cap = page.states.cap = page.tokens.cap = page.notices.cap = 200
 
         async def ask(token: str) -> frozenset[str]:
             return frozenset({"read:servers"})
@@ -202,8 +206,11 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
                 print(f"cycle {index} failed: {report.error}", file=sys.stderr)
             await culler.settler.poll()
             rows(latest.decisions, utcnow(), culler.settler.describe_by_key(), history)  # the page, rendered
-            page.sessions.put(secrets.token_urlsafe(16), {"name": "x", "admin": False, "scopes": frozenset()})
-            page.states.put(secrets.token_urlsafe(16), True)
+            sid = secrets.token_urlsafe(16)
+            page.sessions.put(sid, {"name": "x", "admin": False, "scopes": frozenset()})
+            page.tokens.put(sid, secrets.token_urlsafe(16))
+            page.notices.put(sid, (True, "kept"))
+            page.states.put(secrets.token_urlsafe(16), PendingLogin())
             await tokens.get(secrets.token_urlsafe(16))
         await culler.follow_ups_done()
         await warnings.drain(5)

@@ -47,8 +47,8 @@ from culler.observers.notices import WarningSender
 from culler.settings import ClockView, Settings
 from culler.web.app import make_app, make_metrics_app, make_unready_app, normalized_prefix
 from culler.web.keeps import add_keep_routes
-from culler.web.page import OAuthConfig, add_activity_routes, hub_identify
-from culler.web.rows import rows
+from culler.web.page import OAuthConfig, PageLinks, add_activity_routes, hub_identify
+from culler.web.rows import PolicyFacts, rows
 
 log = logging.getLogger("culler.app")
 
@@ -346,7 +346,8 @@ class Service:
         return 0
 
     def _rows(self) -> list[dict[str, object]]:
-        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe_by_key(), self.history)
+        facts = PolicyFacts(self.store.state.policy, self.keeps, self.culler.plugins)
+        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe_by_key(), self.history, facts)
 
     def _oauth(self) -> OAuthConfig | None:
         """The page's login through the hub: only for a service registered with a url (it has a client id)."""
@@ -385,7 +386,10 @@ class Service:
             index_page=oauth is None,
         )
         identify = hub_identify(self.auth)
-        add_activity_routes(app, self.settings.service_prefix, self._rows, self.history, identify, oauth, self.database)
+        links = PageLinks(self.settings.hub_base_url, self.keeper.keep)
+        add_activity_routes(
+            app, self.settings.service_prefix, self._rows, self.history, identify, oauth, self.database, links
+        )
         add_keep_routes(app, normalized_prefix(self.settings.service_prefix), self.keeper.keep, self.keeps_body)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()

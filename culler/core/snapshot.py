@@ -26,6 +26,7 @@ class ServerSnapshot:
     pending: str | None
     ready: bool
     user_options: dict[str, Any] = field(default_factory=dict)
+    display_name: str | None = None  # the name users gave it at spawn (JupyterHub 5.3+), for pages only
     activity_error: str | None = None  # the activity source could not say: never stop on a guess
     # Our clock when the source answered with this data: the "now" it is judged at. Its times above are
     # on our clock too (see culler.clock); None when no reading was given (tests, plain data).
@@ -111,10 +112,16 @@ def _server(
             pending=model.get("pending") or None,
             ready=bool(model.get("ready")),
             user_options=options,
+            display_name=_display_name(model.get("display_name")),
             observed_at=reading.sent if reading is not None else None,
         )
     except ValueError as error:
         raise SnapshotError(f"server {user}/{key}: {error}") from error
+
+
+def _display_name(value: object) -> str | None:
+    # Shown, never matched on: a string within the hub's own 255-character column, else nothing.
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
 
 
 def user_of(model: object, reading: Reading | None = None) -> UserSnapshot:

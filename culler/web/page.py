@@ -1,15 +1,16 @@
 """The users' activity API and page under the service prefix.
 
 ``api/servers`` answers hub API tokens (``Authorization: token ...``); the page logs browsers in through the
-hub (OAuth, as a JupyterHub service) and keeps the access token server-side, behind a random session id."""
+hub (OAuth, as a JupyterHub service). The session's identity outlives a restart (culler.web.sessions); the
+hub's access token stays in this process's memory only and is what a Keep on the page is checked with. A
+Keep from a session whose token is gone (a restart) goes through the hub's login again and is then made."""
 
 from __future__ import annotations
 
-import html
 import logging
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -19,10 +20,13 @@ from aiohttp import web
 from culler.adapters.database import Database
 from culler.adapters.errors import HubError, HubProtocolError, OAuthExchangeError
 from culler.adapters.hub_auth import HubAuth, OAuthCodes
-from culler.core.text import humanize
+from culler.core.text import utc_minutes, utcnow
 from culler.core.ttlmap import TTLMap
+from culler.engine.keeper import KeepAnswer
 from culler.web.app import READ_ALL_SERVERS, bearer_token, normalized_prefix
-from culler.web.rows import History, admin_view, for_user, server_name
+from culler.web.csrf import CSRF_FIELD, cross_site, csrf_matches, csrf_token
+from culler.web.page_html import AdminQuery, PageContext, parse_time, render_page
+from culler.web.rows import History, admin_view, for_user, server_label
 from culler.web.sessions import Sessions
 
 log = logging.getLogger("culler.activity_web")
@@ -30,11 +34,22 @@ log = logging.getLogger("culler.activity_web")
 Identity = dict[str, Any]  # {"name": str, "admin": bool, "scopes": frozenset[str]}
 IdentifyFn = Callable[[str], Awaitable[Identity | None]]
 RowsFn = Callable[[], list[dict[str, Any]]]
+KeepFn = Callable[[str, str, str], Awaitable[KeepAnswer]]  # token, user, server (culler.engine.keeper)
 
 SESSION_COOKIE = "culler-activity-session"
 STATE_COOKIE = "culler-activity-state"
 STATE_TTL = 600.0
 MAX_SESSIONS = 10000
+NOTICE_TTL = 300.0
+
+
+@dataclass(frozen=True)
+class PendingLogin:
+    """An OAuth state in flight; ``keep``: the (user, server) a Keep asked for before the login; ``back``:
+    the page's query string to return to (``?view=all&sort=...``)."""
+
+    keep: tuple[str, str] | None = None
+    back: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,14 @@ def identity_from(model: object) -> Identity:
     }
 
 
+@dataclass(frozen=True)
+class PageLinks:
+    """Where the page sends people: the hub (its stylesheet, navbar and servers) and the keep action."""
+
+    hub_base_url: str = "/"  # JUPYTERHUB_BASE_URL
+    keep: KeepFn | None = None  # None: the page offers no Keep (no keeper wired)
+
+
 class ActivityWeb:
     def __init__(
         self,
@@ -83,15 +106,19 @@ class ActivityWeb:
         identify: IdentifyFn,
         oauth: OAuthConfig | None,
         database: Database | None = None,
+        links: PageLinks = PageLinks(),
     ) -> None:
         self.prefix = prefix
         self.rows_fn = rows_fn
         self.history = history
         self.identify = identify  # cached where it asks the hub (culler.adapters.hub_auth)
         self.oauth = oauth
+        self.links = links
         ttl = oauth.session_ttl if oauth is not None else OAuthConfig.session_ttl
         self.sessions = Sessions(database, ttl, MAX_SESSIONS)
-        self.states: TTLMap[str, bool] = TTLMap(STATE_TTL, MAX_SESSIONS)
+        self.tokens: TTLMap[str, str] = TTLMap(ttl, MAX_SESSIONS)  # session id -> hub access token: memory only
+        self.notices: TTLMap[str, tuple[bool, str]] = TTLMap(NOTICE_TTL, MAX_SESSIONS)  # a keep's outcome, once
+        self.states: TTLMap[str, PendingLogin] = TTLMap(STATE_TTL, MAX_SESSIONS)
         self._codes = (
             OAuthCodes(oauth.token_url, oauth.client_id, oauth.client_secret, oauth.redirect_uri, oauth.ssl_context)
             if oauth is not None
@@ -122,7 +149,7 @@ class ActivityWeb:
             {"user": name, "servers": for_user(rows, name), "history": self.history.for_user(name)}
         )
 
-    # --- the browser login -------------------------------------------------------------------------
+    # --- the page ----------------------------------------------------------------------------------
     def _session(self, request: web.Request) -> Identity | None:
         sid = request.cookies.get(SESSION_COOKIE)
         return self.sessions.get(sid) if sid else None
@@ -135,20 +162,69 @@ class ActivityWeb:
             path=self.prefix,
             max_age=int(max_age),
             httponly=True,
-            samesite="Lax",
+            samesite="Lax",  # a cross-site post carries no session: the first of the keep form's guards
             secure=self.oauth.secure_cookies,
         )
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        identity = self._session(request)
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        identity = self.sessions.get(sid) if sid else None
         if identity is None:
-            return self._login_redirect()
-        return web.Response(text=render_page(identity, self.rows_fn(), self.history), content_type="text/html")
+            return self._login_redirect(PendingLogin(back=request.query_string[:2000]))
+        wants_all = request.query.get("view") == "all" and sees_all(identity)
+        nonce = secrets.token_urlsafe(16)
+        context = PageContext(
+            identity=identity,
+            now=utcnow(),
+            hub_base_url=self.links.hub_base_url,
+            prefix=self.prefix,
+            csrf=csrf_token(sid) if self.links.keep is not None else "",
+            nonce=nonce,
+            notice=self.notices.pop(sid),
+            admin=AdminQuery.parse(request.query) if wants_all else None,
+            sees_all=sees_all(identity),
+            history=self.history.all() if wants_all else self.history.for_user(str(identity["name"])),
+        )
+        response = web.Response(text=render_page(context, self.rows_fn()), content_type="text/html")
+        response.headers.update(page_headers(nonce))
+        return response
 
-    def _login_redirect(self) -> web.StreamResponse:
+    async def keep_form(self, request: web.Request) -> web.StreamResponse:
+        """The page's Keep button: same-origin, with this session's CSRF token, checked with the hub."""
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        identity = self.sessions.get(sid) if sid else None
+        refused = cross_site(request)
+        if refused is not None:
+            return web.Response(status=403, text=f"refused: {refused} may not keep servers\n")
+        if identity is None or self.links.keep is None:
+            return web.Response(status=403, text="refused: log in on the activity page first\n")
+        form = await request.post()
+        if not csrf_matches(sid, form.get(CSRF_FIELD)):
+            return web.Response(status=403, text="refused: the form's token is missing or not this session's\n")
+        user, server = str(form.get("user") or ""), str(form.get("server") or "")
+        if not user:
+            return web.Response(status=400, text="no user given\n")
+        token = self.tokens.get(sid)
+        if token is None:  # logged in before a restart: ask the hub again, then keep
+            return self._login_redirect(PendingLogin(keep=(user, server)), status=303)
+        answer = await self._keep(token, user, server)
+        if answer.status == 403 and "does not accept" in str(answer.body.get("error")):
+            self.tokens.pop(sid)  # the hub revoked or expired it
+            return self._login_redirect(PendingLogin(keep=(user, server)), status=303)
+        self.notices.put(sid, keep_notice(answer))
+        return web.Response(status=303, headers={"Location": self.prefix})
+
+    async def _keep(self, token: str, user: str, server: str) -> KeepAnswer:
+        assert self.links.keep is not None
+        try:
+            return await self.links.keep(token, user, server)
+        except HubError as error:
+            return KeepAnswer(502, {"error": f"the hub could not say: {error}"})
+
+    def _login_redirect(self, pending: PendingLogin = PendingLogin(), status: int = 302) -> web.StreamResponse:
         assert self.oauth is not None
         state = secrets.token_urlsafe(24)
-        self.states.put(state, True)
+        self.states.put(state, pending)
         query = urlencode(
             {
                 "client_id": self.oauth.client_id,
@@ -157,7 +233,7 @@ class ActivityWeb:
                 "state": state,
             }
         )
-        response = web.Response(status=302, headers={"Location": f"{self.oauth.authorize_url}?{query}"})
+        response = web.Response(status=status, headers={"Location": f"{self.oauth.authorize_url}?{query}"})
         self._cookie(response, STATE_COOKIE, state, STATE_TTL)
         return response
 
@@ -166,7 +242,7 @@ class ActivityWeb:
         state = request.query.get("state", "")
         expected = request.cookies.get(STATE_COOKIE, "")
         pending = self.states.pop(state) if state else None
-        if not state or not secrets.compare_digest(state, expected) or not pending:
+        if not state or not secrets.compare_digest(state, expected) or pending is None:
             return web.Response(status=400, text="OAuth state mismatch: start again from the service page\n")
         code = request.query.get("code")
         if not code:
@@ -187,22 +263,54 @@ class ActivityWeb:
             return web.Response(status=403, text="the hub does not accept the login token\n")
         sid = secrets.token_urlsafe(32)
         self.sessions.put(sid, identity)
-        response = web.Response(status=302, headers={"Location": self.prefix})
+        self.tokens.put(sid, token)
+        if pending.keep is not None and self.links.keep is not None:
+            self.notices.put(sid, keep_notice(await self._keep(token, *pending.keep)))
+        back = self.prefix + (f"?{pending.back}" if pending.back else "")  # our own page only
+        response = web.Response(status=302, headers={"Location": back})
         self._cookie(response, SESSION_COOKIE, sid, self.oauth.session_ttl)
         response.del_cookie(STATE_COOKIE, path=self.prefix)
         return response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
+        """Ends the page's session, then the hub's (as the hub's own Logout button does)."""
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             self.sessions.pop(sid)
-        response = web.Response(text="logged out of the activity page\n")
+            self.tokens.pop(sid)
+        hub_logout = self.links.hub_base_url.rstrip("/") + "/hub/logout"
+        response = web.Response(status=302, headers={"Location": hub_logout})
         response.del_cookie(SESSION_COOKIE, path=self.prefix)
         return response
 
     async def close(self, app: web.Application | None = None) -> None:
         if self._codes is not None:
             await self._codes.close()
+
+
+def keep_notice(answer: KeepAnswer) -> tuple[bool, str]:
+    body = answer.body
+    if answer.status != 200:
+        return False, f"Not kept: {body.get('error')}"
+    until = parse_time(body.get("until"))
+    shown = utc_minutes(until) if until else body.get("until")
+    label = server_label(str(body.get("server") or ""))
+    return True, f"Kept: {label} of {body.get('user')} now stops no earlier than {shown}."
+
+
+def page_headers(nonce: str) -> dict[str, str]:
+    """Personal data and a form token: never cached, never framed; scripts and styles only ours (by nonce)
+    and the hub's (same origin behind the hub's proxy)."""
+    policy = (
+        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; "
+        "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return {
+        "Content-Security-Policy": policy,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }
 
 
 ACTIVITY_KEY = web.AppKey("activity", ActivityWeb)
@@ -216,74 +324,19 @@ def add_activity_routes(
     identify: IdentifyFn,
     oauth: OAuthConfig | None,
     database: Database | None = None,
+    links: PageLinks = PageLinks(),
 ) -> ActivityWeb:
     """``<prefix>api/servers`` always; with ``oauth``, also the page ``<prefix>`` (so the app must not route
-    ``GET <prefix>`` itself), ``<prefix>oauth_callback`` and ``<prefix>logout``."""
+    ``GET <prefix>`` itself), its Keep form ``POST <prefix>keep``, ``<prefix>oauth_callback`` and
+    ``<prefix>logout``."""
     prefix = normalized_prefix(prefix)
-    activity = ActivityWeb(prefix, rows_fn, history, identify, oauth, database)
+    activity = ActivityWeb(prefix, rows_fn, history, identify, oauth, database, links)
     app[ACTIVITY_KEY] = activity
     app.router.add_get(prefix + "api/servers", activity.api_servers)
     if oauth is not None:
         app.router.add_get(prefix, activity.page)
+        app.router.add_post(prefix + "keep", activity.keep_form)
         app.router.add_get(prefix + "oauth_callback", activity.callback)
         app.router.add_get(prefix + "logout", activity.logout)
     app.on_cleanup.append(activity.close)
     return activity
-
-
-# --- the page ---------------------------------------------------------------------------------------
-def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def stop_sentence(entry: Mapping[str, Any]) -> str:
-    text = f"Your server {server_name(str(entry.get('server') or ''))} was stopped on {entry.get('time')}"
-    text += f" because {entry.get('reason')}"
-    if entry.get("settle"):
-        text += f" ({entry.get('settle')})"
-    return text + "."
-
-
-def render_page(identity: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], history: History) -> str:
-    name = str(identity["name"])
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Server activity</title>",
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .6em;text-align:left}"
-        ".due,.settling{color:#a40}.exempt{color:#070}</style></head><body>",
-        f"<h1>Your servers</h1><p>Signed in as <b>{_e(name)}</b>.</p>",
-    ]
-    own = for_user(rows, name)
-    if not own:
-        parts.append("<p>You have no running servers.</p>")
-    else:
-        parts.append("<ul>")
-        for r in own:
-            detail = f"rule {r['rule']}; last activity {r['last_activity'] or 'unknown'}"
-            if r.get("settle"):
-                detail += f"; {r['settle'].get('state')}"
-            parts.append(f"<li class='{_e(r['decision'])}'>{_e(r['message'])} <small>({_e(detail)})</small></li>")
-        parts.append("</ul>")
-    stops = history.for_user(name)[:20]
-    if stops:
-        parts.append("<h2>Stopped servers</h2><ul>")
-        parts += [f"<li>{_e(stop_sentence(entry))}</li>" for entry in stops]
-        parts.append("</ul>")
-    if sees_all(identity):
-        parts.append("<h2>All servers</h2><table><tr>")
-        columns = ("user", "server", "decision", "stops in", "rule", "idle", "last activity")
-        parts.append("".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>")
-        for r in admin_view(rows):
-            until = r["seconds_until_stop"]
-            cells = (
-                r["user"],
-                server_name(r["server"]),
-                r["decision"],
-                "-" if until is None else humanize(until) if until else "now",
-                r["rule"],
-                r["idle"] or "-",
-                r["last_activity"] or "-",
-            )
-            parts.append(f"<tr class='{_e(r['decision'])}'>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-        parts.append("</table>")
-    parts.append("<p><a href='logout'>Log out</a></p></body></html>")
-    return "\n".join(parts)

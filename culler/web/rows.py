@@ -4,13 +4,17 @@ servers and the stop history (pure, no I/O); the decisions come from culler.obse
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from culler.core.decide import Decision
+from culler.core.decide import Action, Decision, PluginFn, evaluate, next_keep
+from culler.core.keeps import NO_KEEPS, KeepRefused, KeepView
 from culler.core.text import humanize, isoformat, utcnow
 from culler.core.views import ServerState, state_of
 from culler.policy.durations import format_duration
+from culler.policy.model import Policy
+from culler.web.words import keep_words, rule_words
 
 
 class History(Protocol):
@@ -27,18 +31,58 @@ def server_name(name: str) -> str:
     return name or "default"
 
 
+def server_label(name: str, display_name: str | None = None) -> str:
+    """The name users know a server by: the one they gave it at spawn, else its name."""
+    return display_name or name or "default server"
+
+
+def _your(name: str, display_name: str | None) -> str:
+    return "Your default server" if not (display_name or name) else f"Your server “{server_label(name, display_name)}”"
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """What the page says from the policy in force: the rule in words, and whether one more keep may go."""
+
+    policy: Policy | None = None
+    keeps: KeepView = NO_KEEPS
+    plugins: Mapping[str, PluginFn] | None = None
+
+    def with_keeps(self, decision: Decision, now: datetime) -> Decision:
+        """The cycle's decision, judged again on the same data where a keep was made since: the page shows
+        a keep at once, not at the next cycle."""
+        kept = self.keeps.kept(decision.server.user, decision.server.name)
+        if self.policy is None or kept is None or decision.action is not Action.KEEP:
+            return decision
+        if decision.kept_until is not None and kept.until <= decision.kept_until:
+            return decision
+        at = decision.server.observed_at or now
+        return evaluate(self.policy, decision.server, at, self.plugins, self.keeps)
+
+    def keep_offer(self, decision: Decision, now: datetime) -> dict[str, str | None] | None:
+        """None where the rule allows no keeps; else ``until`` (one more keep) or why not (``refused``)."""
+        if self.policy is None or keep_words(self.policy, decision.rule_id) is None:
+            return None
+        try:
+            _, until = next_keep(self.policy, decision.server, now, self.keeps, self.plugins)
+        except KeepRefused as refused:
+            return {"until": None, "refused": str(refused)}
+        return {"until": isoformat(until), "refused": None}
+
+
 def row(
     decision: Decision,
     now: datetime,
     settling: Mapping[str, Mapping[str, Any]] | None = None,
     history: History | None = None,
+    facts: PolicyFacts | None = None,
 ) -> dict[str, Any]:
     server = decision.server
     idle = (now - server.activity_time).total_seconds() if server.activity_time else None
     settle = (settling or {}).get(server.key)
     until: float | None = None
     stop_at = decision.stop_at
-    which = f"Your server {server_name(server.name)}"
+    which = _your(server.name, server.display_name)
     state = state_of(decision, settle is not None)
     if state is ServerState.PENDING:
         message, stop_at = f"{which} is starting or stopping: not judged now.", None
@@ -52,13 +96,15 @@ def row(
         message = f"{which} will not be stopped."
     else:
         until = max(0.0, (stop_at - now).total_seconds())
+        kept = " was kept: it" if decision.kept_until is not None else ""
         if until > 0:
-            message = f"{which} will be stopped in {humanize(until)} unless you use it."
+            message = f"{which}{kept} will be stopped in {humanize(until)} unless you use it."
         else:
             message = f"{which} is due to be stopped at the next check unless you use it."
     return {
         "server": server.name,
         "user": server.user,
+        "label": server_label(server.name, server.display_name),
         "last_activity": isoformat(server.activity_time),
         "idle": format_duration(idle) if idle is not None else None,
         "rule": decision.rule_id,
@@ -68,6 +114,19 @@ def row(
         "message": message,
         "settle": dict(settle) if settle is not None else None,
         "last_stop": history.last_stop(server.user, server.name) if history is not None else None,
+        "kept_until": isoformat(decision.kept_until),
+        **_policy_fields(decision, state, now, facts),
+    }
+
+
+def _policy_fields(decision: Decision, state: ServerState, now: datetime, facts: PolicyFacts | None) -> dict[str, Any]:
+    if facts is None:
+        return {}
+    judged = state not in (ServerState.PENDING, ServerState.EXEMPT)
+    return {
+        "rule_text": rule_words(facts.policy, decision.rule_id),
+        "keep_text": keep_words(facts.policy, decision.rule_id) if judged else None,
+        "keep": facts.keep_offer(decision, now) if judged else None,
     }
 
 
@@ -76,11 +135,14 @@ def rows(
     now: datetime | None = None,
     settling: Mapping[str, Mapping[str, Any]] | None = None,
     history: History | None = None,
+    facts: PolicyFacts | None = None,
 ) -> list[dict[str, Any]]:
     """Every server, sorted by user then server; ``settling``: the settler's descriptions by server key."""
     now = now or utcnow()
     ordered = sorted(decisions, key=lambda d: (d.server.user, d.server.name))
-    return [row(d, now, settling, history) for d in ordered]
+    if facts is not None:
+        ordered = [facts.with_keeps(d, now) for d in ordered]
+    return [row(d, now, settling, history, facts) for d in ordered]
 
 
 def for_user(all_rows: Sequence[Mapping[str, Any]], name: str) -> list[dict[str, Any]]:

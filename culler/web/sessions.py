@@ -27,11 +27,11 @@ class Sessions:
         self.database = database
         self.ttl = ttl
         self.clock = clock
-        self._memory: TTLMap[str, dict[str, Any]] = TTLMap(ttl, cap)
+        self.memory: TTLMap[str, dict[str, Any]] = TTLMap(ttl, cap)
         self._failed: set[str] = set()
 
     def get(self, sid: str) -> dict[str, Any] | None:
-        identity = self._memory.get(sid)
+        identity = self.memory.get(sid)
         if identity is not None or self.database is None:
             return identity
         try:
@@ -40,11 +40,11 @@ class Sessions:
             self._warn("read", error)
             return None
         if stored is not None:
-            self._memory.put(sid, stored)
+            self.memory.put(sid, stored)
         return stored
 
     def put(self, sid: str, identity: dict[str, Any]) -> None:
-        self._memory.put(sid, identity)
+        self.memory.put(sid, identity)
         if self.database is None:
             return
         try:
@@ -55,7 +55,7 @@ class Sessions:
             self._warn("store", error)
 
     def pop(self, sid: str) -> None:
-        self._memory.pop(sid)
+        self.memory.pop(sid)
         if self.database is None:
             return
         try:

@@ -7,6 +7,7 @@ Screenshots are kept in ``ARTIFACTS`` (test-artifacts/ at the repository's root)
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import re
@@ -106,3 +107,57 @@ async def log_in(browser: Browser, hub_url: str, user: str, password: str = "any
         "document.querySelector('form').submit(); true"
     )
     await browser.until("!document.location.pathname.endsWith('/hub/login')", f"the login of {user} to finish")
+
+
+AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"  # npm, from package.json
+SERIOUS = ("serious", "critical")
+
+
+async def axe_violations(browser: Browser) -> list[dict[str, Any]]:
+    """axe-core's violations on the current page (injected over the DevTools protocol, not by the page)."""
+    assert AXE.is_file(), f"{AXE} is missing: npm ci installs axe-core"
+    await browser.evaluate(AXE.read_text())
+    result = await browser.call(
+        "Runtime.evaluate",
+        expression="axe.run(document, {resultTypes: ['violations']}).then(r => r.violations)",
+        awaitPromise=True,
+        returnByValue=True,
+    )
+    violations = result.get("result", {}).get("value")
+    assert isinstance(violations, list), result
+    return violations
+
+
+def serious(violations: list[dict[str, Any]]) -> list[str]:
+    return [f"{v['id']} ({v['impact']}): {v['help']}" for v in violations if v.get("impact") in SERIOUS]
+
+
+async def screenshot(browser: Browser, name: str) -> Path:
+    """A full-page PNG in test-artifacts/ (kept after the run)."""
+    metrics = await browser.call("Page.getLayoutMetrics")
+    size = metrics.get("cssContentSize") or metrics["contentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = await browser.call("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
+    png = base64.b64decode(shot["data"])
+    assert png.startswith(b"\x89PNG")
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(png)
+    return path
+
+
+async def navigate(browser: Browser, url: str) -> None:
+    await browser.call("Page.navigate", url=url)
+    await browser.until("document.readyState === 'complete'", f"{url} to load")
+
+
+def contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two computed CSS colours (``rgb(r, g, b)``)."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", colour)[:3]]
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)

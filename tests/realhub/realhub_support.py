@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,6 +156,20 @@ class CullerHub:
             if variables.get("JUPYTERHUB_SERVICE_URL", "").rstrip("/").endswith(f":{self.hub.service_port}"):
                 return int(environ.parent.name), variables
         return None
+
+    async def restart_service(self, timeout: float = 30.0) -> None:
+        """Stop the service's process (SIGTERM); the hub starts a managed service again when it exits.
+        Returns once a new process answers the hub's health check."""
+        found = self.service_process()
+        assert found is not None, "the service's process was not found"
+        os.kill(found[0], signal.SIGTERM)
+
+        async def started_again() -> bool:
+            again = self.service_process()
+            return again is not None and again[0] != found[0]
+
+        await wait_for(started_again, timeout, "the hub to start the service again")
+        await self.hub.wait_service()
 
     def service_token(self) -> str:
         """The main token the hub gave the managed service (read from the service's environment)."""

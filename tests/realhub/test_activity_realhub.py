@@ -89,8 +89,8 @@ c.Authenticator.admin_users = {{"root"}}
                 async with browser.get(hub.url + PREFIX) as response:
                     assert response.status == 200, str(response.url)
                     page = await response.text()
-            assert "Signed in as <b>alice</b>" in page
-            assert "Your server default will be stopped in 3 days 4 hours unless you use it." in page
+            assert "<span class='me-1'>alice</span>" in page  # signed in, in the hub's navbar
+            assert "Your default server will be stopped in 3 days 4 hours unless you use it." in page
             assert "bob" not in page
         finally:
             await runner.cleanup()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from aiohttp import web
 from factories import stop_lines
 
@@ -23,7 +22,8 @@ from culler.core.text import humanize
 from culler.observers.history import StopHistory, export_json_lines, import_json_lines
 from culler.observers.latest import LatestDecisions
 from culler.policy.model import Settle
-from culler.web.page import OAuthConfig, add_activity_routes, identity_from, render_page
+from culler.web.page import OAuthConfig, add_activity_routes, identity_from
+from culler.web.page_html import AdminQuery, PageContext, render_page
 from culler.web.rows import admin_view, for_user, rows
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -77,7 +77,10 @@ def test_rows_states_and_messages(tmp_path: Path) -> None:
     by_label = {(r["user"], r["server"]): r for r in rows(decisions(), NOW, SETTLING, history)}
     keep = by_label[("alice", "")]
     assert keep["decision"] == "keep"
-    assert keep["message"] == "Your server default will be stopped in 3 days 4 hours unless you use it."
+    assert keep["message"] == "Your default server will be stopped in 3 days 4 hours unless you use it."
+    assert keep["label"] == "default server"
+    assert by_label[("alice", "gpu")]["label"] == "gpu"
+    assert by_label[("alice", "gpu")]["message"].startswith("Your server “gpu” is due")
     assert keep["seconds_until_stop"] == 3 * 86400 + 4 * 3600 + 300
     assert keep["stop_at"] == "2024-06-04T16:05:00Z"
     assert keep["idle"] == "2h"
@@ -222,24 +225,6 @@ async def test_page_needs_oauth_routes(aiohttp_client: Any, tmp_path: Path) -> N
     assert (await client.get(PREFIX)).status == 404
 
 
-@pytest.fixture
-async def fake_hub(aiohttp_server: Any) -> Any:
-    posted: list[dict[str, str]] = []
-
-    async def token(request: web.Request) -> web.Response:
-        form = dict(await request.post())
-        posted.append({k: str(v) for k, v in form.items()})
-        if form.get("code") != "good-code" or form.get("client_secret") != "service-api-token":
-            return web.json_response({"error": "invalid_grant"}, status=400)
-        return web.json_response({"access_token": "alice-oauth-token", "token_type": "Bearer"})
-
-    hub = web.Application()
-    hub.router.add_post("/hub/api/oauth2/token", token)
-    server = await aiohttp_server(hub)
-    server.posted = posted
-    return server
-
-
 async def test_oauth_login(aiohttp_client: Any, fake_hub: Any, tmp_path: Path) -> None:
     oauth = OAuthConfig(
         client_id="service-culler",
@@ -289,8 +274,10 @@ async def test_oauth_login(aiohttp_client: Any, fake_hub: Any, tmp_path: Path) -
     page = await client.get(PREFIX)
     assert page.status == 200
     text = await page.text()
-    assert "Your server default will be stopped in 3 days 4 hours unless you use it." in text
-    assert "Your server old was stopped on 2024-05-31T12:00:00Z because no activity for 2d" in text
+    assert "Your default server will be stopped in 3 days 4 hours unless you use it." in text
+    assert (
+        "2024-05-31 12:00 UTC</time> (" in text and "no activity for 2d (limit 1d, rule default) (home quiet)" in text
+    )
     assert "bob" not in text  # alice is no admin: nobody else's servers
     assert "All servers" not in text
 
@@ -299,7 +286,8 @@ async def test_oauth_login(aiohttp_client: Any, fake_hub: Any, tmp_path: Path) -
     assert {r["user"] for r in (await api.json())["servers"]} == {"alice"}
     assert (await client.get(PREFIX + "api/servers?all=1")).status == 403
 
-    await client.get(PREFIX + "logout")
+    logout = await client.get(PREFIX + "logout", allow_redirects=False)
+    assert logout.headers["Location"] == "/hub/logout"  # then the hub's own session ends too
     assert (await client.get(PREFIX, allow_redirects=False)).status == 302
 
 
@@ -317,12 +305,12 @@ async def test_oauth_refused_code(aiohttp_client: Any, fake_hub: Any, tmp_path: 
     assert response.status == 403
 
 
-def test_admin_page_escapes(tmp_path: Path) -> None:
-    history = stop_history(tmp_path)
+def test_admin_page_escapes() -> None:
     evil = Decision(server("<script>x</script>"), Action.KEEP, "r<1>", "idle", 1, NOW + timedelta(hours=1))
-    page = render_page({"name": "root", "admin": True, "scopes": frozenset()}, rows([evil], NOW), history)
-    assert "<script>x" not in page
-    assert "&lt;script&gt;x&lt;/script&gt;" in page
+    identity = {"name": "root", "admin": True, "scopes": frozenset()}
+    page = render_page(PageContext(identity, NOW, admin=AdminQuery(rule="r<1>"), sees_all=True), rows([evil], NOW))
+    assert "<script>x" not in page and "r<1>" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "&lt;1&gt;" in page
     assert "All servers" in page
 
 
