@@ -25,6 +25,7 @@ DEMO_POLICY = """\
 version: 1
 defaults:
   idle: 60s
+  keep: {step: 30s, max: 2m}  # the activity page's Keep button: 30 s more per press, at most 2 minutes
 rules:
   - id: vip
     match: {groups: [vip]}
@@ -77,7 +78,14 @@ async def _local_demo(duration: float, workdir: Path | None) -> int:
     policy = workdir / "demo-policy.yaml"
     policy.write_text(DEMO_POLICY)
     # with_culler drops CULLER_* variables of this shell: the demo runs as shown, whatever is set here
-    hub = LocalHub.with_culler(policy, cull_every=5, policy_poll=2, last_activity_interval=10, workdir=workdir)
+    hub = LocalHub.with_culler(
+        policy,
+        cull_every=5,
+        policy_poll=2,
+        last_activity_interval=10,
+        workdir=workdir,
+        extra_config='c.Authenticator.admin_users = {"admin"}\n',  # the page's every-server view
+    )
     port = hub.service_port
     assert port is not None
     print("Starting a local JupyterHub with configurable-http-proxy on 127.0.0.1 ...", flush=True)
@@ -106,6 +114,8 @@ def _banner(hub: LocalHub, port: int, policy: Path) -> None:
         f"""
 Demo hub:     {hub.url}  (log in with any name and password)
 Service:      {hub.url}/services/activity-culler/health  (direct: http://127.0.0.1:{port}/services/activity-culler/)
+Page:         {hub.url}/services/activity-culler/  (log in as alice: her countdown and Keep;
+              as admin: ?view=all lists every server)
 Policy file:  {policy}  (edit it: the service reloads it)
 Expect:       bob's GPU server stops after ~20 s idle, dave/scratch-1 after ~40 s (and is removed),
               alice and real-erin after ~60 s; carol (group vip) is exempt. Visit {hub.url}/user/alice/
