@@ -182,7 +182,7 @@ async def soak(cycles: int, warmup: int, seed: int, progress: int = 0) -> int:
         warnings = WarningSender(hook, 1.5, retries=0, timeout=2, publish=culler.events.publish)
         metrics.known_probes(["tree-scan"])
         culler.events.subscribe(latest, history, metrics, warnings)
-        page = ActivityWeb("/", lambda: [], history, _identify, None)
+        page = ActivityWeb("/", lambda user: [], history, _identify, None)
         page.sessions.memory.cap = page.states.cap = page.tokens.cap = page.notices.cap = 200
 
         async def ask(token: str) -> frozenset[str]:

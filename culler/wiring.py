@@ -345,9 +345,13 @@ class Service:
         event(log, logging.INFO, "stopped")
         return 0
 
-    def _rows(self) -> list[dict[str, object]]:
+    def _rows(self, user: str | None = None) -> list[dict[str, object]]:
+        """Every server's rows, or one user's (a user's page judges only their own keep offers)."""
+        decisions = self.latest.decisions
+        if user is not None:
+            decisions = [d for d in decisions if d.server.user == user]
         facts = PolicyFacts(self.store.state.policy, self.keeps, self.culler.plugins)
-        return rows(self.latest.decisions, utcnow(), self.culler.settler.describe_by_key(), self.history, facts)
+        return rows(decisions, utcnow(), self.culler.settler.describe_by_key(), self.history, facts)
 
     def _oauth(self) -> OAuthConfig | None:
         """The page's login through the hub: only for a service registered with a url (it has a client id)."""

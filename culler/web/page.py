@@ -33,7 +33,7 @@ log = logging.getLogger("culler.activity_web")
 
 Identity = dict[str, Any]  # {"name": str, "admin": bool, "scopes": frozenset[str]}
 IdentifyFn = Callable[[str], Awaitable[Identity | None]]
-RowsFn = Callable[[], list[dict[str, Any]]]
+RowsFn = Callable[[str | None], list[dict[str, Any]]]  # one user's rows, or (None) every server's
 KeepFn = Callable[[str, str, str], Awaitable[KeepAnswer]]  # token, user, server (culler.engine.keeper)
 
 SESSION_COOKIE = "culler-activity-session"
@@ -139,14 +139,13 @@ class ActivityWeb:
             if identity is None:
                 return web.json_response({"error": "the hub does not accept this token"}, status=403)
         assert identity is not None
-        rows = self.rows_fn()
         if request.query.get("all") in ("1", "true", "yes"):
             if not sees_all(identity):
                 return web.json_response({"error": "needs hub admin, read:servers or admin:servers"}, status=403)
-            return web.json_response({"servers": admin_view(rows), "history": self.history.all()})
+            return web.json_response({"servers": admin_view(self.rows_fn(None)), "history": self.history.all()})
         name = identity["name"]
         return web.json_response(
-            {"user": name, "servers": for_user(rows, name), "history": self.history.for_user(name)}
+            {"user": name, "servers": for_user(self.rows_fn(name), name), "history": self.history.for_user(name)}
         )
 
     # --- the page ----------------------------------------------------------------------------------
@@ -185,7 +184,8 @@ class ActivityWeb:
             sees_all=sees_all(identity),
             history=self.history.all() if wants_all else self.history.for_user(str(identity["name"])),
         )
-        response = web.Response(text=render_page(context, self.rows_fn()), content_type="text/html")
+        shown = self.rows_fn(None if wants_all else str(identity["name"]))
+        response = web.Response(text=render_page(context, shown), content_type="text/html")
         response.headers.update(page_headers(nonce))
         return response
 

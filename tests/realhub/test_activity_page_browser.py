@@ -171,6 +171,16 @@ async def test_a_user_opens_the_page_from_the_hub_keeps_their_server_and_the_kee
         assert parse_time(second).timestamp() - parse_time(stored).timestamp() == pytest.approx(DAY, abs=2)
         assert (await card(browser))["stop"] == second
 
+        # a server started from the hub's spawn URL with a display name is shown by that name
+        await navigate(browser, hub.url + f"/hub/spawn/{ALICE}/thesis?display_name=Thesis%20draft")
+        title = "document.querySelector(\"section[data-server='thesis'] h2\")?.textContent || ''"
+
+        async def named() -> bool:
+            await navigate(browser, hub.service_url())
+            return str(await browser.evaluate(title)).startswith("Thesis draft")
+
+        await wait_for(named, 60, "the named server's card under its display name")
+
 
 async def test_the_admin_view_sorts_and_filters_every_server(hub: CullerHub, tmp_path: Path) -> None:
     await hub.start_servers((BOB, "", {"profile": "gpu"}), (CAROL, "", None))

@@ -59,7 +59,7 @@ c.Authenticator.admin_users = {{"root"}}
             redirect_uri=PREFIX + "oauth_callback",
             token_url=hub.api_url + "/oauth2/token",
         )
-        add_activity_routes(app, PREFIX, lambda: rows(decisions), history, hub_identify(HubAuth(client)), oauth)
+        add_activity_routes(app, PREFIX, lambda user: rows(decisions), history, hub_identify(HubAuth(client)), oauth)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

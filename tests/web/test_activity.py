@@ -195,7 +195,7 @@ async def identify(token: str) -> dict[str, Any] | None:
 def service_app(tmp_path: Path, oauth: OAuthConfig | None = None) -> web.Application:
     history = stop_history(tmp_path)
     app = web.Application()
-    add_activity_routes(app, PREFIX, lambda: rows(decisions(), NOW, SETTLING, history), history, identify, oauth)
+    add_activity_routes(app, PREFIX, lambda user: rows(decisions(), NOW, SETTLING, history), history, identify, oauth)
     return app
 
 

@@ -227,7 +227,7 @@ class History:
 
 async def page_client(aiohttp_client: Any, fake_hub: Any, calls: Calls, **keep: Any) -> Any:
     app = web.Application()
-    table = lambda: judged(snapshot("alice"))  # noqa: E731
+    table = lambda user: judged(snapshot("alice"))  # noqa: E731
     links = PageLinks("/", keep_recorder(calls, **keep))
     add_activity_routes(app, PREFIX, table, History(), identify, oauth_config(fake_hub), links=links)
     return await aiohttp_client(app)
