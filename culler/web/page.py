@@ -128,7 +128,7 @@ class ActivityWeb:
     # --- the API -----------------------------------------------------------------------------------
     async def api_servers(self, request: web.Request) -> web.Response:
         token = bearer_token(request)
-        identity = self._session(request) if token is None else None
+        identity = self._session(request)[1] if token is None else None
         if token is None and identity is None:
             return web.json_response({"error": "send a hub API token: Authorization: token ..."}, status=401)
         if token is not None:
@@ -149,9 +149,10 @@ class ActivityWeb:
         )
 
     # --- the page ----------------------------------------------------------------------------------
-    def _session(self, request: web.Request) -> Identity | None:
-        sid = request.cookies.get(SESSION_COOKIE)
-        return self.sessions.get(sid) if sid else None
+    def _session(self, request: web.Request) -> tuple[str, Identity | None]:
+        """The request's session id ("" for none) and its identity (None: not logged in)."""
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        return sid, self.sessions.get(sid) if sid else None
 
     def _cookie(self, response: web.StreamResponse, name: str, value: str, max_age: float) -> None:
         assert self.oauth is not None
@@ -166,10 +167,10 @@ class ActivityWeb:
         )
 
     async def page(self, request: web.Request) -> web.StreamResponse:
-        sid = request.cookies.get(SESSION_COOKIE, "")
-        identity = self.sessions.get(sid) if sid else None
+        sid, identity = self._session(request)
         if identity is None:
-            return self._login_redirect(PendingLogin(back=request.query_string[:2000]))
+            back = request.rel_url.raw_query_string[:2000]  # still percent-encoded: safe in a Location header
+            return self._login_redirect(PendingLogin(back=back))
         wants_all = request.query.get("view") == "all" and sees_all(identity)
         nonce = secrets.token_urlsafe(16)
         context = PageContext(
@@ -191,8 +192,7 @@ class ActivityWeb:
 
     async def keep_form(self, request: web.Request) -> web.StreamResponse:
         """The page's Keep button: same-origin, with this session's CSRF token, checked with the hub."""
-        sid = request.cookies.get(SESSION_COOKIE, "")
-        identity = self.sessions.get(sid) if sid else None
+        sid, identity = self._session(request)
         refused = cross_site(request)
         if refused is not None:
             return web.Response(status=403, text=f"refused: {refused} may not keep servers\n")
