@@ -26,7 +26,7 @@ class ServerSnapshot:
     pending: str | None
     ready: bool
     user_options: dict[str, Any] = field(default_factory=dict)
-    display_name: str | None = None  # the name users gave it at spawn (JupyterHub 5.3+), for pages only
+    display_name: str | None = None  # the name users gave it at spawn, when the hub gives one; for pages only
     activity_error: str | None = None  # the activity source could not say: never stop on a guess
     # Our clock when the source answered with this data: the "now" it is judged at. Its times above are
     # on our clock too (see culler.clock); None when no reading was given (tests, plain data).

@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from culler.adapters.database import DatabaseError
+from culler.adapters.errors import HubError, SourceError
 from culler.adapters.hub import HubClient, scopes_of
 from culler.adapters.keep_store import KeepStore
 from culler.core.decide import PluginFn, next_keep
 from culler.core.events import Event, ServerKept
 from culler.core.keeps import KeepRefused, Kept
+from culler.core.snapshot import SnapshotError
 from culler.core.text import isoformat, utcnow
 from culler.engine.look import Look
 from culler.logs import event
@@ -27,6 +29,7 @@ log = logging.getLogger("culler.keeps")
 class KeepAnswer:
     status: int  # HTTP: 200 kept, 401/403 who, 404 no such server, 409 the policy refuses, 502/503 faults
     body: dict[str, Any]
+    token_refused: bool = False  # the hub does not accept the caller's token (revoked, expired)
 
 
 def may_keep(owner: Mapping[str, Any], user: str) -> bool:
@@ -57,9 +60,16 @@ class Keeper:
         self.clock = clock
 
     async def keep(self, token: str, user: str, server: str) -> KeepAnswer:
+        """One keep, answered for the API and the page alike; a hub that cannot say is a 502, not an error."""
+        try:
+            return await self._keep(token, user, server)
+        except (HubError, SourceError, SnapshotError) as error:
+            return KeepAnswer(502, {"error": f"the hub could not say: {error}"})
+
+    async def _keep(self, token: str, user: str, server: str) -> KeepAnswer:
         owner = await self.hub.token_owner(token)  # fresh: rights are checked at every keep
         if owner is None:
-            return KeepAnswer(403, {"error": "the hub does not accept this token"})
+            return KeepAnswer(403, {"error": "the hub does not accept this token"}, token_refused=True)
         if not may_keep(owner, user):
             return KeepAnswer(403, {"error": f"only {user} or a hub admin (admin:servers) may keep this server"})
         policy = self.policy()

@@ -8,8 +8,6 @@ from typing import Any
 
 from aiohttp import web
 
-from culler.adapters.errors import HubError, SourceError
-from culler.core.snapshot import SnapshotError
 from culler.engine.keeper import KeepAnswer
 from culler.web.app import bearer_token, refused_unless_reading_all
 
@@ -33,10 +31,7 @@ async def keep(request: web.Request) -> web.Response:
     server = body.get("server") or ""
     if not isinstance(server, str):
         return web.json_response({"error": "server must be a string"}, status=400)
-    try:
-        answer = await request.app[KEEP_KEY](token, body["user"], server)
-    except (HubError, SourceError, SnapshotError) as error:
-        return web.json_response({"error": f"the hub could not say: {error}"}, status=502)
+    answer = await request.app[KEEP_KEY](token, body["user"], server)
     return web.json_response(answer.body, status=answer.status)
 
 

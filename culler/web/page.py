@@ -207,19 +207,12 @@ class ActivityWeb:
         token = self.tokens.get(sid)
         if token is None:  # logged in before a restart: ask the hub again, then keep
             return self._login_redirect(PendingLogin(keep=(user, server)), status=303)
-        answer = await self._keep(token, user, server)
-        if answer.status == 403 and "does not accept" in str(answer.body.get("error")):
+        answer = await self.links.keep(token, user, server)
+        if answer.token_refused:
             self.tokens.pop(sid)  # the hub revoked or expired it
             return self._login_redirect(PendingLogin(keep=(user, server)), status=303)
         self.notices.put(sid, keep_notice(answer))
         return web.Response(status=303, headers={"Location": self.prefix})
-
-    async def _keep(self, token: str, user: str, server: str) -> KeepAnswer:
-        assert self.links.keep is not None
-        try:
-            return await self.links.keep(token, user, server)
-        except HubError as error:
-            return KeepAnswer(502, {"error": f"the hub could not say: {error}"})
 
     def _login_redirect(self, pending: PendingLogin = PendingLogin(), status: int = 302) -> web.StreamResponse:
         assert self.oauth is not None
@@ -265,7 +258,7 @@ class ActivityWeb:
         self.sessions.put(sid, identity)
         self.tokens.put(sid, token)
         if pending.keep is not None and self.links.keep is not None:
-            self.notices.put(sid, keep_notice(await self._keep(token, *pending.keep)))
+            self.notices.put(sid, keep_notice(await self.links.keep(token, *pending.keep)))
         back = self.prefix + (f"?{pending.back}" if pending.back else "")  # our own page only
         response = web.Response(status=302, headers={"Location": back})
         self._cookie(response, SESSION_COOKIE, sid, self.oauth.session_ttl)

@@ -83,7 +83,7 @@ class PageContext:
     now: datetime
     hub_base_url: str = "/"  # JUPYTERHUB_BASE_URL: the hub is at <base>hub/, servers at <base>user/...
     prefix: str = "/"  # the service's own prefix
-    csrf: str = ""
+    csrf: str = ""  # the Keep form's token; empty: the page offers no Keep
     nonce: str = ""
     notice: tuple[bool, str] | None = None  # (ok, text) after a keep
     admin: AdminQuery | None = None  # the every-server view
@@ -240,7 +240,7 @@ def _actions(ctx: PageContext, row: Mapping[str, Any]) -> str:
         "<span class='text-body-secondary me-3'>Opening it counts as a visit: its clock starts again.</span>"
     ]
     offer = row.get("keep")
-    if isinstance(offer, Mapping) and offer.get("until"):
+    if isinstance(offer, Mapping) and offer.get("until") and ctx.csrf:  # no token: no keeper to post to
         parts.append(
             f"<form method='post' action='{_e(ctx.prefix)}keep' class='m-0'>"
             f"<input type='hidden' name='_csrf' value='{_e(ctx.csrf)}'>"
